@@ -1,0 +1,49 @@
+"""Command-line interface: ``python -m monai_ext COMMAND --help``.
+
+Each command is a plain function imported lazily, so ``--help`` stays fast and a command's heavy imports are only paid
+when it runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+# command name -> "module:function"
+COMMANDS: dict[str, str] = {
+    "versions": "monai_ext.cli:versions",
+}
+
+
+def versions() -> str:
+    """Print, as JSON, the versions of monai_ext and of the packages it runs on (paste these into bug reports)."""
+    import json
+
+    import ignite
+    import monai
+    import numpy
+    import torch
+
+    import monai_ext
+
+    found = {
+        "monai_ext": monai_ext.__version__,
+        "monai": monai.__version__,
+        "torch": torch.__version__,
+        "pytorch-ignite": ignite.__version__,
+        "numpy": numpy.__version__,
+    }
+    return json.dumps(found, indent=1)
+
+
+def _lazy(target: str) -> Callable[..., Any]:
+    module_name, func_name = target.split(":")
+    return getattr(importlib.import_module(module_name), func_name)
+
+
+def main() -> None:
+    """Run the ``monai_ext`` command line."""
+    import fire
+
+    fire.Fire({name: _lazy(target) for name, target in COMMANDS.items()}, name="monai_ext")
