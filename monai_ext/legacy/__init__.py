@@ -1,3 +1,5 @@
 """Converters that load checkpoints written by other implementations into monai_ext networks."""
 
-__all__: list[str] = []
+from monai_ext.legacy.checkpoint import LegacyCheckpointError, check_state_dict_keys, read_state_dict
+
+__all__ = ["LegacyCheckpointError", "check_state_dict_keys", "read_state_dict"]
