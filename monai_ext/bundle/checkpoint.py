@@ -1,0 +1,345 @@
+"""Checkpoints that survive a kill, carry a SHA-256 record, and cannot run code when loaded.
+
+What MONAI and Ignite leave open, and what this module adds:
+
+- MONAI's ``CheckpointSaver`` writes with ``DiskSaver(atomic=False)``: a kill during ``torch.save`` leaves a truncated
+  file. Ignite's ``atomic=True`` writes a temporary file and renames it, but never fsyncs, so after a power loss the
+  rename may be on disk while the data is not. :func:`atomic_torch_save` fsyncs the file and its directory.
+- Ignite's ``Checkpoint`` removes the previous file *before* writing the next one, so a kill in between leaves no
+  checkpoint at all. :class:`AtomicDiskSaver` postpones removals until the new file is safely written.
+- Every file written here gets its SHA-256 recorded in ``sha256_manifest.json`` next to it; :func:`load_checkpoint`
+  and :class:`CheckedCheckpointLoader` verify it and load with ``weights_only=True``, refusing pickled objects with a
+  clear error instead of a raw unpickling traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite import distributed as idist
+from ignite.handlers import DiskSaver
+from monai.handlers import CheckpointLoader, CheckpointSaver
+
+__all__ = [
+    "SHA256_MANIFEST",
+    "AtomicCheckpointSaver",
+    "AtomicDiskSaver",
+    "CheckedCheckpointLoader",
+    "CheckpointIntegrityError",
+    "UnsafeCheckpointError",
+    "atomic_torch_save",
+    "file_sha256",
+    "load_checkpoint",
+    "read_manifest",
+    "record_sha256",
+    "verify_sha256",
+]
+
+SHA256_MANIFEST = "sha256_manifest.json"
+# Temporary files start with this, so a saver can recognise (and clear) the leftovers of a killed save.
+TEMP_PREFIX = ".partial-"
+
+
+class CheckpointIntegrityError(ValueError):
+    """A checkpoint's SHA-256 does not match its record, or it has no record."""
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint holds pickled Python objects, which ``weights_only=True`` refuses to load."""
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Directory fsync makes the rename itself durable; some filesystems (and Windows) do not support it.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(file_object)`` on a temporary file next to ``path``, fsync it, and rename it onto ``path``."""
+    fd, temp_name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp creates the file 0600; give it the permissions a plain open() would have under the current umask.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp_name, 0o666 & ~umask)
+        os.replace(temp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temp_name)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike, **kwargs: Any) -> Path:
+    """``torch.save`` that never leaves a partial file at ``path``, even when the process is killed mid-write.
+
+    Args:
+        obj: what to save.
+        path: destination; its directory must exist. An existing file is replaced only once the new one is on disk.
+        kwargs: passed to ``torch.save``.
+
+    Returns:
+        ``path`` as a Path.
+    """
+    path = Path(path)
+    _atomic_write(path, lambda f: torch.save(obj, f, **kwargs))
+    return path
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Return the hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, dict]:
+    """Return ``{file name: record}`` from the ``sha256_manifest.json`` of ``directory`` (empty when absent).
+
+    Each record has ``sha256``, ``sequence`` (a counter that grows with every write in the directory) and, for
+    checkpoints of several objects, ``keys`` (their names).
+    """
+    path = Path(directory) / SHA256_MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        files = json.loads(path.read_text())["files"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CheckpointIntegrityError(f"{path}: not a valid SHA-256 manifest: {err}") from err
+    return dict(files)
+
+
+def _write_manifest(directory: Path, files: Mapping[str, dict]) -> None:
+    text = json.dumps({"files": dict(sorted(files.items()))}, indent=1).encode()
+    _atomic_write(directory / SHA256_MANIFEST, lambda f: f.write(text))
+
+
+def _update_manifest(directory: Path, added: Mapping[str, dict], removed: tuple[str, ...] = ()) -> None:
+    files = read_manifest(directory)
+    sequence = max((record.get("sequence", 0) for record in files.values()), default=0)
+    for name in removed:
+        files.pop(name, None)
+    for name, record in added.items():
+        sequence += 1
+        files[name] = {**record, "sequence": sequence}
+    _write_manifest(directory, files)
+
+
+def record_sha256(path: str | os.PathLike, keys: list[str] | None = None) -> str:
+    """Compute the SHA-256 of ``path`` and record it in the manifest next to it.
+
+    Args:
+        path: the file (e.g. ``models/model.pt``).
+        keys: names of the objects the checkpoint holds, recorded so that a resume can find a full training state.
+
+    Returns:
+        The hex digest.
+    """
+    path = Path(path)
+    digest = file_sha256(path)
+    record: dict[str, Any] = {"sha256": digest}
+    if keys is not None:
+        record["keys"] = sorted(keys)
+    _update_manifest(path.parent, {path.name: record})
+    return digest
+
+
+def verify_sha256(path: str | os.PathLike) -> str:
+    """Check ``path`` against the SHA-256 recorded in the manifest next to it.
+
+    Returns:
+        The hex digest.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointIntegrityError: no record for the file, or the file's SHA-256 differs from its record.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    record = read_manifest(path.parent).get(path.name)
+    if record is None:
+        raise CheckpointIntegrityError(
+            f"{path}: no SHA-256 recorded in {path.parent / SHA256_MANIFEST}; if you trust this file, record it with "
+            f"monai_ext.bundle.checkpoint.record_sha256('{path}')"
+        )
+    digest = file_sha256(path)
+    if digest != record["sha256"]:
+        raise CheckpointIntegrityError(
+            f"{path}: SHA-256 mismatch, the file changed after it was recorded (corrupt or replaced): "
+            f"recorded {record['sha256']}, found {digest}"
+        )
+    return digest
+
+
+def _unsafe(path: str | os.PathLike, err: Exception) -> UnsafeCheckpointError:
+    return UnsafeCheckpointError(
+        f"{path}: refused to load, it holds pickled Python objects besides tensors and plain containers, and "
+        f"loading them could run arbitrary code. Save state dicts only (module.state_dict(), "
+        f"optimizer.state_dict()). Details: {str(err).splitlines()[0]}"
+    )
+
+
+def load_checkpoint(path: str | os.PathLike, verify: bool = True, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint without running code: SHA-256 checked, then ``torch.load(weights_only=True)``.
+
+    Args:
+        path: the checkpoint file.
+        verify: check the SHA-256 against the manifest next to the file first (see :func:`verify_sha256`).
+        map_location: passed to ``torch.load``.
+
+    Returns:
+        What the file holds (tensors and plain containers only).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        CheckpointIntegrityError: ``verify`` and the hash is unrecorded or differs.
+        UnsafeCheckpointError: the file holds pickled objects besides tensors and plain containers.
+    """
+    path = Path(path)
+    if verify:
+        verify_sha256(path)
+    elif not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise _unsafe(path, err) from err
+
+
+def _checkpoint_keys(checkpoint: Any) -> list[str] | None:
+    # Ignite saves several objects as {name: state_dict}; a single object is saved as its bare state dict.
+    if isinstance(checkpoint, Mapping) and checkpoint and all(isinstance(v, Mapping) for v in checkpoint.values()):
+        return sorted(map(str, checkpoint))
+    return None
+
+
+class AtomicDiskSaver(DiskSaver):
+    """Ignite ``DiskSaver`` that fsyncs, keeps the previous file until the next is written, and records SHA-256.
+
+    Usable wherever Ignite takes a save handler (``Checkpoint(to_save, AtomicDiskSaver(dirname))``).
+
+    Args:
+        dirname: directory to write to (created if missing).
+        filename: a fixed file name to use instead of the one Ignite generates (as MONAI's ``CheckpointSaver`` does
+            for ``key_metric_filename``); rewriting it replaces the file atomically.
+        create_dir: create ``dirname`` if it does not exist.
+        require_empty: refuse a directory that already holds ``.pt`` files.
+        save_on_rank: the distributed rank that writes.
+        kwargs: passed to ``torch.save``.
+    """
+
+    def __init__(
+        self,
+        dirname: str | os.PathLike,
+        filename: str | None = None,
+        create_dir: bool = True,
+        require_empty: bool = False,
+        save_on_rank: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            dirname,
+            atomic=True,
+            create_dir=create_dir,
+            require_empty=require_empty,
+            save_on_rank=save_on_rank,
+            **kwargs,
+        )
+        self.filename = filename
+        self._pending_removal: list[str] = []
+        if idist.get_rank() == save_on_rank:
+            for leftover in self.dirname.glob(f"{TEMP_PREFIX}*"):
+                leftover.unlink(missing_ok=True)
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if idist.get_rank() != self.save_on_rank:
+            return
+        filename = self.filename or filename
+        atomic_torch_save(checkpoint, self.dirname / filename, **self.kwargs)
+        stale = tuple(name for name in self._pending_removal if name != filename)
+        self._pending_removal.clear()
+        record: dict[str, Any] = {"sha256": file_sha256(self.dirname / filename)}
+        keys = _checkpoint_keys(checkpoint)
+        if keys is not None:
+            record["keys"] = keys
+        _update_manifest(self.dirname, {filename: record}, removed=stale)
+        for name in stale:
+            (self.dirname / name).unlink(missing_ok=True)
+
+    def remove(self, filename: str) -> None:
+        # Ignite calls remove() just before writing the next file; deleting now would leave no checkpoint at all if
+        # the process died in between, so the deletion happens after the next successful write.
+        if idist.get_rank() == self.save_on_rank:
+            self._pending_removal.append(self.filename or filename)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` (same arguments) writing through :class:`AtomicDiskSaver`.
+
+    It also has ``state_dict()``: the key-metric tracking list (scores and file names of the best models so far).
+    Put this saver in a resumable training state (see :class:`monai_ext.bundle.resume.ResumableCheckpointer`) so
+    that after a resume a worse model does not replace the best one.
+    """
+
+    def __init__(self, save_dir: str, save_dict: dict, **kwargs: Any) -> None:
+        super().__init__(save_dir, save_dict, **kwargs)
+        fixed_names = {
+            "_final_checkpoint": kwargs.get("final_filename"),
+            "_key_metric_checkpoint": kwargs.get("key_metric_filename"),
+            "_interval_checkpoint": None,
+        }
+        # MONAI builds its Checkpoint objects in __init__ with a private non-atomic saver; swap in ours.
+        for attribute, filename in fixed_names.items():
+            checkpoint = getattr(self, attribute)
+            if checkpoint is not None:
+                checkpoint.save_handler = AtomicDiskSaver(save_dir, filename=filename)
+
+    def state_dict(self) -> dict[str, list]:
+        """Return the key-metric tracking list: ``{"_saved": [(score, file name), ...]}``."""
+        if self._key_metric_checkpoint is None:
+            return {"_saved": []}
+        return dict(self._key_metric_checkpoint.state_dict())
+
+
+class CheckedCheckpointLoader(CheckpointLoader):
+    """MONAI's ``CheckpointLoader`` (same arguments) that verifies the file's SHA-256 first.
+
+    MONAI already loads with ``weights_only=True``; this adds the hash check and turns the unpickling failure of a
+    checkpoint that holds Python objects into :class:`UnsafeCheckpointError` naming the file.
+
+    Args:
+        verify: check the SHA-256 recorded next to the file (default); ``False`` only gives the clearer error.
+        args, kwargs: as for ``monai.handlers.CheckpointLoader``.
+    """
+
+    def __init__(self, *args: Any, verify: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.verify = verify
+
+    def __call__(self, engine: Any) -> None:
+        if self.verify:
+            verify_sha256(self.load_path)
+        try:
+            super().__call__(engine)
+        except pickle.UnpicklingError as err:
+            raise _unsafe(self.load_path, err) from err
