@@ -1,1 +1,3 @@
-__all__: list[str] = []
+from monai_ext.networks.nets.autoencoderkl import AutoencoderKL
+
+__all__: list[str] = ["AutoencoderKL"]
