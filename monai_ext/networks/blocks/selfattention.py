@@ -174,8 +174,10 @@ class SABlock(nn.Module):
         """
         batch, length = x.shape[0], x.shape[1]
         if self.use_combined_linear:
+            # unbind, not indexing: its backward writes the three gradients into one buffer instead of zero-filling
+            # a full-size buffer per index and adding them up
             qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, self.dim_head).permute(2, 0, 3, 1, 4)
-            q, k, v = qkv[0], qkv[1], qkv[2]
+            q, k, v = qkv.unbind(0)
         else:
             q = self.to_q(x).reshape(batch, length, self.num_heads, self.dim_head).transpose(1, 2)
             k = self.to_k(x).reshape(batch, length, self.num_heads, self.dim_head).transpose(1, 2)
