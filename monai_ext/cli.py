@@ -13,6 +13,7 @@ from typing import Any
 # command name -> "module:function"
 COMMANDS: dict[str, str] = {
     "versions": "monai_ext.cli:versions",
+    "convert_legacy_autoencoderkl": "monai_ext.legacy.autoencoderkl:convert_legacy_autoencoderkl",
 }
 
 
