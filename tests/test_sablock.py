@@ -112,6 +112,24 @@ def test_parity_rel_pos_2d(use_combined_linear, save_attn):
     assert _max_diff(ours(x), monai_block(x)) < TOL
 
 
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"causal": True, "use_combined_linear": False}, {"rel_pos_embedding": "decomposed", "input_size": (3, 4)}],
+    ids=["default", "causal-separate", "rel-pos-2d"],
+)
+def test_parity_gradients(config):
+    monai_block, ours = _pair(hidden_size=HIDDEN, num_heads=HEADS, sequence_length=LENGTH, **config)
+    x = torch.randn(BATCH, LENGTH, HIDDEN, requires_grad=True)
+    grads = []
+    for block in (monai_block, ours):
+        block.train()
+        x.grad = None
+        block(x).square().sum().backward()
+        grads.append([x.grad.clone()] + [param.grad for _, param in sorted(block.named_parameters())])
+    for expected, found in zip(*grads, strict=True):
+        torch.testing.assert_close(found, expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
+
+
 def test_parity_rel_pos_3d_at_initialisation():
     # MONAI's 3D bias is only correct while its tables are zero (their initial value), see the defect test below
     monai_block = MonaiSABlock(HIDDEN, HEADS, rel_pos_embedding="decomposed", input_size=(3, 3, 3)).eval()

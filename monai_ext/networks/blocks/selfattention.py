@@ -210,6 +210,9 @@ class SABlock(nn.Module):
                 is_causal=use_causal_flag,
                 scale=self.scale,
             )
+            if keep is not None:
+                # SDPA's result for a query with no allowed key depends on the backend (zeros on CPU); pin it
+                out = out.masked_fill(~keep.any(dim=-1, keepdim=True), 0.0)
         out = out.transpose(1, 2).reshape(batch, length, self.inner_dim).to(x.dtype)
         if self.include_fc:
             out = self.out_proj(out)
@@ -254,7 +257,7 @@ class SABlock(nn.Module):
             logits = logits.masked_fill(~keep, float("-inf"))
         weights = logits.softmax(dim=-1)
         if keep is not None:
-            # a query with no allowed key gets zero weights, as in F.scaled_dot_product_attention, not NaN
+            # a query with no allowed key gets zero weights, as on the fused path, not NaN
             weights = weights.masked_fill(~keep.any(dim=-1, keepdim=True), 0.0)
         self.att_mat = weights.detach()
         return torch.matmul(self.drop_weights(weights), v)
