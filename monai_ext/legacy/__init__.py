@@ -2,10 +2,13 @@
 
 from monai_ext.legacy.autoencoderkl import convert_autoencoderkl_state_dict
 from monai_ext.legacy.checkpoint import LegacyCheckpointError, check_state_dict_keys, read_state_dict
+from monai_ext.legacy.medt import convert_medt_state_dict, medt_from_original
 
 __all__ = [
     "LegacyCheckpointError",
     "check_state_dict_keys",
     "convert_autoencoderkl_state_dict",
+    "convert_medt_state_dict",
+    "medt_from_original",
     "read_state_dict",
 ]

@@ -1,3 +1,4 @@
 from monai_ext.networks.nets.autoencoderkl import AutoencoderKL
+from monai_ext.networks.nets.medt import AxialEncoderDecoder, GatedAxialUNet, MedT
 
-__all__: list[str] = ["AutoencoderKL"]
+__all__: list[str] = ["AutoencoderKL", "AxialEncoderDecoder", "GatedAxialUNet", "MedT"]

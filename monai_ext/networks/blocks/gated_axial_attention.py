@@ -1,0 +1,309 @@
+"""Gated axial attention (Valanarasu et al., "Medical Transformer", MICCAI 2021) along one axis of a 2D or 3D input."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["GatedAxialAttention"]
+
+
+class GatedAxialAttention(nn.Module):
+    """Multi-head self-attention along one spatial axis, with learned relative positions and gates.
+
+    For every line of length ``L`` along ``axis`` (all other positions are independent lines), with ``num_groups``
+    heads of ``gp = out_channels // num_groups`` channels split into ``q``, ``k`` (``gp / 2`` each) and ``v``
+    (``gp``), and a learned table ``relative`` of ``2 * gp`` channels over the relative offsets ``-(K-1)..K-1``::
+
+        logits = BN_qk(q^T k) + BN_qr(f_qr * q . R_q) + BN_kr(f_kr * k . R_k)      (softmax over keys, no 1/sqrt(d))
+        out    = BN_sv(f_sv * A v) + BN_sve(f_sve * A . R_v)
+
+    Differences from the straightforward formulation, all exact:
+
+    - The additive BatchNorm terms of the similarity (shift and bias) are constant along each softmax row, so they
+      cannot change the attention and are not computed; the three scales are folded into ``q`` and ``k`` before the
+      products, so no ``L x L`` map is normalised, concatenated or summed. In train mode the batch variances are
+      taken from the maps and the running statistics update as BatchNorm's do. Consequently the similarity
+      BatchNorms' biases receive no gradient (it would be zero in the straightforward form too).
+    - The gates multiply *before* BatchNorm, as in the original code, so in eval mode their effect is cancelled by
+      the running statistics and in train mode almost entirely by the batch statistics. The order is kept so that
+      checkpoints of the original behave identically; see :meth:`set_gates_trainable`.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: channels of the input.
+        out_channels: channels of the output; must be a multiple of ``num_groups`` with an even quotient.
+        spatial_size: positional span ``K``, the longest line this layer accepts along ``axis``. Shorter lines use
+            the centre of the relative table.
+        axis: 0-based index of the attended spatial dimension (for ``(N, C, H, W)``, 0 is H and 1 is W).
+        num_groups: number of attention heads.
+        stride: when above 1, average pooling with this kernel and stride over all spatial axes follows.
+        gated: whether the gates ``f_qr, f_kr, f_sv, f_sve`` exist (initialised 0.1, 0.1, 1.0, 0.1); without
+            ``positional`` only ``f_sv``.
+        positional: whether the relative position terms exist; without them there is one similarity map per head
+            and one output term per channel.
+        train_gates: whether the gates start trainable (the original starts them frozen and unfreezes them later).
+
+    Raises:
+        ValueError: for unsupported ``spatial_dims``, an ``axis`` outside the spatial dimensions, channels that do
+            not split into groups with an even number of channels, or non-positive sizes.
+    """
+
+    positional: torch.jit.Final[bool]
+    gated: torch.jit.Final[bool]
+    spatial_dims: torch.jit.Final[int]
+    axis: torch.jit.Final[int]
+    num_groups: torch.jit.Final[int]
+    group_channels: torch.jit.Final[int]
+    out_channels: torch.jit.Final[int]
+    spatial_size: torch.jit.Final[int]
+    stride: torch.jit.Final[int]
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        spatial_size: int,
+        axis: int,
+        num_groups: int = 8,
+        stride: int = 1,
+        gated: bool = True,
+        positional: bool = True,
+        train_gates: bool = False,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        if not 0 <= axis < spatial_dims:
+            raise ValueError(f"axis must be in [0, {spatial_dims - 1}] for spatial_dims={spatial_dims}, got {axis}")
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if value < 1:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if spatial_size < 1 or stride < 1 or num_groups < 1:
+            raise ValueError(
+                f"spatial_size, stride and num_groups must be positive, got {spatial_size}, {stride}, {num_groups}"
+            )
+        if out_channels % num_groups or (out_channels // num_groups) % 2:
+            raise ValueError(
+                f"out_channels ({out_channels}) must split into num_groups ({num_groups}) groups of an even number "
+                "of channels (half of each group's channels are queries and keys)"
+            )
+        self.spatial_dims = spatial_dims
+        self.axis = axis
+        self.num_groups = num_groups
+        self.group_channels = out_channels // num_groups
+        self.out_channels = out_channels
+        self.spatial_size = spatial_size
+        self.stride = stride
+        self.gated = gated
+        self.positional = positional
+
+        # (N, C, *spatial) -> (N, *other axes, attended axis, C) and back
+        attended = 2 + axis
+        self.to_rows = [0] + [d for d in range(2, spatial_dims + 2) if d != attended] + [attended, 1]
+        self.from_rows = [self.to_rows.index(d) for d in range(spatial_dims + 2)]
+
+        self.qkv = nn.Conv1d(in_channels, 2 * out_channels, kernel_size=1, bias=False)
+        self.norm_qkv = nn.BatchNorm1d(2 * out_channels)
+        self.norm_qk = nn.BatchNorm2d(num_groups)
+        self.norm_sv = nn.BatchNorm1d(out_channels)
+        if positional:
+            self.relative = nn.Parameter(torch.empty(2 * self.group_channels, 2 * spatial_size - 1))
+            self.norm_qr: nn.BatchNorm2d | None = nn.BatchNorm2d(num_groups)
+            self.norm_kr: nn.BatchNorm2d | None = nn.BatchNorm2d(num_groups)
+            self.norm_sve: nn.BatchNorm1d | None = nn.BatchNorm1d(out_channels)
+            # offset (i - j) of query i and key j, as an index into the relative table (centre at spatial_size - 1)
+            positions = torch.arange(spatial_size)
+            self.register_buffer(
+                "relative_index", positions[:, None] - positions[None, :] + spatial_size - 1, persistent=False
+            )
+        else:
+            self.register_parameter("relative", None)
+            self.norm_qr = None
+            self.norm_kr = None
+            self.norm_sve = None
+            self.register_buffer("relative_index", None, persistent=False)
+        # without positional terms only f_sv has something to gate
+        for name, value, used in (
+            ("f_qr", 0.1, positional),
+            ("f_kr", 0.1, positional),
+            ("f_sv", 1.0, True),
+            ("f_sve", 0.1, positional),
+        ):
+            gate = nn.Parameter(torch.tensor(value), requires_grad=train_gates) if gated and used else None
+            self.register_parameter(name, gate)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise ``qkv`` from N(0, 1/in_channels) and ``relative`` from N(0, 1/group_channels) (variances)."""
+        nn.init.normal_(self.qkv.weight, 0.0, (1.0 / self.qkv.in_channels) ** 0.5)
+        if self.relative is not None:
+            nn.init.normal_(self.relative, 0.0, (1.0 / self.group_channels) ** 0.5)
+
+    @torch.jit.unused
+    def set_gates_trainable(self, trainable: bool = True) -> None:
+        """Unfreeze (or freeze) the four gates, e.g. after a warm-up as the original does after epoch 10.
+
+        Raises:
+            RuntimeError: when the layer was built with ``gated=False``.
+        """
+        if not self.gated:
+            raise RuntimeError("this GatedAxialAttention was built with gated=False and has no gates")
+        for gate in (self.f_qr, self.f_kr, self.f_sv, self.f_sve):
+            if gate is not None:
+                gate.requires_grad_(trainable)
+
+    def _scale(
+        self,
+        x: torch.Tensor,
+        gate: torch.Tensor,
+        weight: torch.Tensor,
+        running_mean: torch.Tensor,
+        running_var: torch.Tensor,
+        num_batches_tracked: torch.Tensor,
+        momentum: float,
+        eps: float,
+    ) -> torch.Tensor:
+        """Per-group multiplier ``weight / sqrt(var + eps)`` of a similarity BatchNorm applied to ``gate * x``.
+
+        In train mode ``var`` is the batch variance of ``gate * x`` over all but the group axis (1), and the running
+        statistics update as in ``nn.BatchNorm2d``; in eval mode the running variance is used.
+        """
+        if self.training:
+            var, mean = torch.var_mean(x, dim=[0, 2, 3], unbiased=False)
+            var = var * gate * gate
+            with torch.no_grad():
+                count = x.numel() // x.shape[1]
+                running_mean.mul_(1.0 - momentum).add_(mean.detach() * gate, alpha=momentum)
+                running_var.mul_(1.0 - momentum).add_(var.detach() * (count / max(count - 1, 1)), alpha=momentum)
+                num_batches_tracked.add_(1)
+        else:
+            var = running_var
+        return weight * torch.rsqrt(var + eps) * gate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Attend along ``axis``.
+
+        Args:
+            x: ``(N, in_channels, *spatial)`` with ``spatial_dims`` spatial axes.
+
+        Returns:
+            ``(N, out_channels, *spatial)``, each spatial axis divided by ``stride`` when ``stride > 1``.
+
+        Raises:
+            ValueError: when the attended axis is longer than ``spatial_size``.
+        """
+        if x.dim() != self.spatial_dims + 2:
+            raise ValueError(f"expected a {self.spatial_dims + 2}D input (N, C, *spatial), got shape {list(x.shape)}")
+        length = x.shape[2 + self.axis]
+        if length > self.spatial_size:
+            raise ValueError(
+                f"GatedAxialAttention: input length {length} along spatial axis {self.axis} exceeds spatial_size "
+                f"{self.spatial_size}; build the layer with spatial_size >= {length}"
+            )
+        g, gp, c = self.num_groups, self.group_channels, self.group_channels // 2
+        # lines along the attended axis become batch rows: (N, *others, L, C) -> (B, L, C)
+        xt = x.permute(self.to_rows)
+        lead = list(xt.shape[:-2])
+        rows = xt.reshape(-1, length, x.shape[1])
+        batch = rows.shape[0]
+
+        qkv = F.linear(rows, self.qkv.weight.squeeze(-1))
+        qkv = F.batch_norm(
+            qkv.reshape(-1, 2 * self.out_channels),
+            self.norm_qkv.running_mean,
+            self.norm_qkv.running_var,
+            self.norm_qkv.weight,
+            self.norm_qkv.bias,
+            self.training,
+            self.norm_qkv.momentum,
+            self.norm_qkv.eps,
+        )
+        if self.training:
+            self.norm_qkv.num_batches_tracked.add_(1)
+        qkv = qkv.view(batch, length, g, 2 * gp).transpose(1, 2)  # (B, g, L, 2gp)
+        q = qkv[..., :c]
+        k = qkv[..., c : 2 * c]
+        v = qkv[..., 2 * c :].reshape(batch * g, length, gp)
+
+        one = torch.ones((), dtype=x.dtype, device=x.device)
+        qk = torch.matmul(q, k.transpose(-1, -2))  # (B, g, L, L)
+        scale_qk = self._scale(
+            qk,
+            one,
+            self.norm_qk.weight,
+            self.norm_qk.running_mean,
+            self.norm_qk.running_var,
+            self.norm_qk.num_batches_tracked,
+            self.norm_qk.momentum,
+            self.norm_qk.eps,
+        ).view(g, 1, 1)
+        logits = qk * scale_qk
+        relative_index = self.relative_index
+        relative = self.relative
+        emb_v = torch.empty(0)
+        if relative is not None and relative_index is not None:
+            emb = relative[:, relative_index[:length, :length]]  # (2gp, L, L), [c, i, j] = table[c, i - j + K - 1]
+            emb_q = emb[:c]
+            emb_k = emb[c : 2 * c]
+            emb_v = emb[2 * c :]
+            qr = torch.einsum("bgic,cij->bgij", q, emb_q)
+            kr = torch.einsum("bgjc,cji->bgij", k, emb_k)
+            f_qr = self.f_qr if self.f_qr is not None else one
+            f_kr = self.f_kr if self.f_kr is not None else one
+            norm_qr = self.norm_qr
+            norm_kr = self.norm_kr
+            if norm_qr is not None and norm_kr is not None:
+                logits = logits + qr * self._scale(
+                    qr,
+                    f_qr,
+                    norm_qr.weight,
+                    norm_qr.running_mean,
+                    norm_qr.running_var,
+                    norm_qr.num_batches_tracked,
+                    norm_qr.momentum,
+                    norm_qr.eps,
+                ).view(g, 1, 1)
+                logits = logits + kr * self._scale(
+                    kr,
+                    f_kr,
+                    norm_kr.weight,
+                    norm_kr.running_mean,
+                    norm_kr.running_var,
+                    norm_kr.num_batches_tracked,
+                    norm_kr.momentum,
+                    norm_kr.eps,
+                ).view(g, 1, 1)
+        attn = torch.softmax(logits, dim=-1)
+
+        sv = torch.bmm(attn.view(batch * g, length, length), v).view(batch, g, length, gp)
+        sv = sv.transpose(1, 2).reshape(batch * length, self.out_channels)
+        if self.f_sv is not None:
+            sv = sv * self.f_sv
+        out = F.batch_norm(
+            sv,
+            self.norm_sv.running_mean,
+            self.norm_sv.running_var,
+            self.norm_sv.weight,
+            self.norm_sv.bias,
+            self.training,
+            self.norm_sv.momentum,
+            self.norm_sv.eps,
+        )
+        if self.training:
+            self.norm_sv.num_batches_tracked.add_(1)
+        norm_sve = self.norm_sve
+        if norm_sve is not None and relative is not None:
+            sve = torch.einsum("bgij,cij->bigc", attn, emb_v).reshape(batch * length, self.out_channels)
+            if self.f_sve is not None:
+                sve = sve * self.f_sve
+            out = out + norm_sve(sve)
+
+        out = out.view(lead + [length, self.out_channels])
+        out = out.permute(self.from_rows)
+        if self.stride > 1:
+            if self.spatial_dims == 2:
+                out = F.avg_pool2d(out, self.stride, self.stride)
+            else:
+                out = F.avg_pool3d(out, self.stride, self.stride)
+        return out
