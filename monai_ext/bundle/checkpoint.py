@@ -37,6 +37,7 @@ __all__ = [
     "CheckpointIntegrityError",
     "UnsafeCheckpointError",
     "atomic_torch_save",
+    "atomic_write",
     "file_sha256",
     "load_checkpoint",
     "read_manifest",
@@ -67,8 +68,11 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(file_object)`` on a temporary file next to ``path``, fsync it, and rename it onto ``path``."""
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(binary_file)`` on a temporary file next to ``path``, fsync it, and rename it onto ``path``.
+
+    A reader (or a process started after a kill or power loss) sees either the old file or the complete new one.
+    """
     fd, temp_name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -99,7 +103,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike, **kwargs: Any) -> Path:
         ``path`` as a Path.
     """
     path = Path(path)
-    _atomic_write(path, lambda f: torch.save(obj, f, **kwargs))
+    atomic_write(path, lambda f: torch.save(obj, f, **kwargs))
     return path
 
 
@@ -130,7 +134,7 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, dict]:
 
 def _write_manifest(directory: Path, files: Mapping[str, dict]) -> None:
     text = json.dumps({"files": dict(sorted(files.items()))}, indent=1).encode()
-    _atomic_write(directory / SHA256_MANIFEST, lambda f: f.write(text))
+    atomic_write(directory / SHA256_MANIFEST, lambda f: f.write(text))
 
 
 def _update_manifest(directory: Path, added: Mapping[str, dict], removed: tuple[str, ...] = ()) -> None:

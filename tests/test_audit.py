@@ -1,0 +1,217 @@
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from monai_ext.bundle.audit import audit, audit_bundle, format_report
+
+BUNDLES_DIR = Path(__file__).parents[1] / "bundles"
+REPO_BUNDLES = sorted(p.parents[1] for p in BUNDLES_DIR.glob("*/configs/metadata.json"))
+
+LOGGING_CONF = """[loggers]
+keys=root
+
+[handlers]
+keys=consoleHandler
+
+[formatters]
+keys=fullFormatter
+
+[logger_root]
+level=INFO
+handlers=consoleHandler
+
+[handler_consoleHandler]
+class=StreamHandler
+level=INFO
+formatter=fullFormatter
+args=(sys.stdout,)
+
+[formatter_fullFormatter]
+format=%(asctime)s - %(name)s - %(levelname)s - %(message)s
+"""
+
+TRAIN = {
+    "imports": ["$import glob", "$import os", "$import monai_ext"],
+    "bundle_root": ".",
+    "output_dir": "$os.path.join(@bundle_root, 'eval')",
+    "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+    "network_def": {
+        "_target_": "monai.networks.nets.UNet",
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": 2,
+        "channels": [8, 16],
+        "strides": [2],
+    },
+    "network": "$@network_def.to(@device)",
+    "optimizer": {"_target_": "torch.optim.Adam", "params": "$@network.parameters()", "lr": 1e-3},
+    "files": "$sorted(glob.glob(@bundle_root + '/dataset/imagesTr/*.nii.gz'))",
+    "datalist": "$[{'image': f} for f in @files]",
+    "checked": "$monai_ext.bundle.data_check.checked_datalist(@datalist, num_classes=2)",
+    "preprocessing": {
+        "_target_": "Compose",
+        "transforms": [
+            {"_target_": "LoadImaged", "keys": ["image"]},
+            {"_target_": "Lambdad", "keys": "image", "func": "$lambda x: x / x.max()"},
+        ],
+    },
+    "ckpt": "$torch.load(@bundle_root + '/models/model.pt', weights_only=True)",
+    "shared": "%configs/common.json#roi",
+    "initialize": ["$monai.utils.set_determinism(seed=0)"],
+    "run": ["$@network.train()"],
+}
+
+# key -> (value, expected flag text). Each is inserted into a copy of the clean train.json.
+DANGEROUS = {
+    "shell": ("$os.system('touch EXECUTED')", "os.system: runs a shell command"),
+    "process": ("$subprocess.run(['ls'])", "subprocess.run: starts other programs"),
+    "evaluate": ("$eval('1 + 1')", "eval: eval runs arbitrary code"),
+    "execute": ("$exec('x = 1')", "exec: exec runs arbitrary code"),
+    "dynamic_import": ("$__import__('os').getcwd()", "__import__: __import__ imports modules dynamically"),
+    "network_socket": ("$socket.create_connection(('example.org', 80))", "socket.create_connection: opens network"),
+    "network_url": ("$urllib.request.urlopen('http://example.org')", "urlopen: accesses the network"),
+    "download": ("$monai.apps.download_url('http://example.org/w.pt', 'w.pt')", "downloads from the network"),
+    "write_absolute": ("$open('/etc/cron.d/job', 'w')", "open writes to '/etc/cron.d/job', outside the bundle root"),
+    "write_parent": ("$open('../../outside.txt', 'a')", "open writes to '../../outside.txt', outside the bundle"),
+    "write_path": ("$pathlib.Path('/tmp/x').write_text('x')", ".write_text() writes to '/tmp/x', outside"),
+    "delete_tree": ("$shutil.rmtree(@bundle_root)", "shutil.rmtree: deletes directory trees"),
+    "delete_file": ("$os.remove(@bundle_root + '/models/model.pt')", "os.remove: deletes files"),
+    "unsafe_load": ("$torch.load(@bundle_root + '/models/model.pt')", "torch.load without weights_only=True"),
+    "dunder": ("$().__class__.__base__.__subclasses__()", "accesses __subclasses__: dunder attributes"),
+    "target_process": ({"_target_": "subprocess.Popen", "args": ["ls"]}, "subprocess.Popen: starts other programs"),
+    "target_exec": ({"_target_": "builtins.exec", "source": "x = 1"}, "builtins.exec: reaches Python's builtins"),
+    "target_beyond": ({"_target_": "sklearn.svm.SVC"}, "sklearn.svm.SVC: reaches beyond monai, monai_ext, torch"),
+    "outside_macro": ("%../../elsewhere/configs/x.json#roi", "pulls config from '../../elsewhere/configs/x.json'"),
+}
+DANGEROUS_IMPORTS = {
+    "$import subprocess": "subprocess: starts other programs",
+    "$import socket": "socket: opens network connections",
+    "$import urllib.request": "urllib.request: accesses the network",
+    "$import shutil": "shutil: reaches beyond",
+    "$import pathlib": None,
+}
+DANGEROUS_LOGGING = """
+[handler_remote]
+class=handlers.SocketHandler
+args=('example.org', 9020)
+
+[handler_file]
+class=FileHandler
+args=('/var/log/bundle.log', 'a')
+"""
+
+
+def _make_bundle(root: Path, train: dict, logging_conf: str = LOGGING_CONF) -> Path:
+    configs = root / "configs"
+    configs.mkdir(parents=True)
+    (configs / "train.json").write_text(json.dumps(train, indent=1))
+    (configs / "common.json").write_text(json.dumps({"roi": [16, 16, 16]}))
+    (configs / "metadata.json").write_text(json.dumps({"version": "0.1.0", "name": "clean"}))
+    (configs / "logging.conf").write_text(logging_conf)
+    return root
+
+
+@pytest.fixture
+def clean_bundle(tmp_path):
+    return _make_bundle(tmp_path / "clean", TRAIN)
+
+
+@pytest.fixture
+def doctored_bundle(tmp_path):
+    train = json.loads(json.dumps(TRAIN))
+    train["imports"] += list(DANGEROUS_IMPORTS)
+    train.update({key: value for key, (value, _) in DANGEROUS.items()})
+    return _make_bundle(tmp_path / "doctored", train, LOGGING_CONF + DANGEROUS_LOGGING)
+
+
+def test_clean_bundle_lists_everything_and_flags_nothing(clean_bundle):
+    items = audit_bundle(clean_bundle)
+    assert [item for item in items if item.flags] == []
+    listed = {(item.source, item.key, item.kind) for item in items}
+    expected = {
+        ("configs/train.json", "imports#2", "import"),
+        ("configs/train.json", "device", "expression"),
+        ("configs/train.json", "network_def#_target_", "_target_"),
+        ("configs/train.json", "preprocessing#transforms#1#func", "expression"),
+        ("configs/train.json", "initialize#0", "expression"),
+        ("configs/train.json", "shared", "macro"),
+        ("configs/logging.conf", "[handler_consoleHandler] class", "logging"),
+        ("configs/logging.conf", "[handler_consoleHandler] args", "logging"),
+    }
+    assert expected <= listed
+    expressions = sum(isinstance(v, str) and v.startswith("$") for v in json.dumps(TRAIN).split('"'))
+    assert sum(item.kind in ("expression", "import") for item in items) == expressions
+    assert format_report(items).endswith(f"{len(items)} items would execute, 0 flagged")
+
+
+def test_every_dangerous_expression_is_flagged_naming_file_and_key(doctored_bundle):
+    items = audit_bundle(doctored_bundle)
+    flags = {(item.source, item.key): " | ".join(item.flags) for item in items}
+    for key, (value, expected) in DANGEROUS.items():
+        full_key = f"{key}#_target_" if isinstance(value, dict) else key
+        assert expected in flags[("configs/train.json", full_key)], key
+    imports = {item.text: " | ".join(item.flags) for item in items if item.kind == "import"}
+    for line, expected in DANGEROUS_IMPORTS.items():
+        assert (expected or "") in imports[line] and bool(imports[line]) == bool(expected), line
+    assert (
+        "logging.handlers.SocketHandler: sends logs over the network"
+        in flags[("configs/logging.conf", "[handler_remote] class")]
+    )
+    assert (
+        "writes to '/var/log/bundle.log', outside the bundle root"
+        in flags[("configs/logging.conf", "[handler_file] class")]
+    )
+    report = format_report(items)
+    assert "   FLAG configs/train.json: shell: os.system: runs a shell command" in report.splitlines()
+    # untouched entries of the clean config stay unflagged
+    assert flags[("configs/train.json", "network_def#_target_")] == ""
+
+
+def test_strict_exit_codes(clean_bundle, doctored_bundle, tmp_path, capsys):
+    assert audit(str(clean_bundle), strict=True).endswith(" 0 flagged")
+    assert "FLAG configs/train.json: shell" in audit(str(doctored_bundle))
+    with pytest.raises(SystemExit) as exited:
+        audit(str(doctored_bundle), strict=True)
+    assert exited.value.code == 1
+    assert "FLAG configs/train.json: delete_tree: shutil.rmtree" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exited:
+        audit(str(tmp_path / "nope"))
+    assert exited.value.code == 2 and "no configs directory" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_cli_strict_fails_on_flags_and_executes_nothing(doctored_bundle, tmp_path):
+    command = [sys.executable, "-m", "monai_ext", "audit", str(doctored_bundle), "--strict"]
+    strict = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    assert strict.returncode == 1
+    assert "FLAG configs/train.json: shell: os.system: runs a shell command" in strict.stdout
+    assert not (tmp_path / "EXECUTED").exists()
+
+
+def test_invalid_config_is_named(tmp_path):
+    bundle = _make_bundle(tmp_path / "b", TRAIN)
+    (bundle / "configs" / "broken.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"broken\.json: not a valid config file"):
+        audit_bundle(bundle)
+
+
+@pytest.mark.parametrize("bundle", REPO_BUNDLES, ids=[p.name for p in REPO_BUNDLES])
+def test_our_own_bundles_have_no_flags(bundle):
+    # Our bundles run merged with the shared configs, which hold some of the imports.
+    shared = sorted((BUNDLES_DIR / "common" / "configs").glob("*.json"))
+    flagged = [item for item in audit_bundle(bundle, shared) if item.flags]
+    assert flagged == [], format_report(flagged)
+
+
+def test_doctored_copy_of_clean_bundle_differs_only_by_the_inserted_flags(clean_bundle, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(clean_bundle, copy)
+    train = json.loads((copy / "configs" / "train.json").read_text())
+    train["run"].append("$os.system('echo hi')")
+    (copy / "configs" / "train.json").write_text(json.dumps(train))
+    flagged = [(item.key, item.flags) for item in audit_bundle(copy) if item.flags]
+    assert flagged == [("run#1", ("os.system: runs a shell command",))]

@@ -1,0 +1,150 @@
+import gzip
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from monai_ext.bundle.data_check import DataCheckError, check_data, check_dataset_dir, checked_datalist
+
+SHAPE = (16, 16, 16)
+
+
+def _save(path, data, affine=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(data), np.eye(4) if affine is None else affine), path)
+    return path
+
+
+def _msd(root, cases, labels=("background", "organ", "tumour")):
+    """Write an MSD-layout dataset.json for ``cases`` (names of files already in imagesTr/ and labelsTr/)."""
+    training = [{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in cases]
+    description = {"labels": {str(i): name for i, name in enumerate(labels)}, "modality": {"0": "CT"}}
+    (root / "dataset.json").write_text(json.dumps({**description, "training": training}))
+    return root
+
+
+def _good_case(root, name, rng):
+    _save(root / "imagesTr" / f"{name}.nii.gz", rng.normal(size=SHAPE).astype(np.float32))
+    _save(root / "labelsTr" / f"{name}.nii.gz", rng.integers(0, 3, size=SHAPE).astype(np.uint8))
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("good0", "good1"):
+        _good_case(tmp_path, name, rng)
+    return tmp_path, rng
+
+
+def test_good_dataset_passes_and_paths_resolve_against_dataset_dir(dataset, monkeypatch, tmp_path_factory):
+    root, _ = dataset
+    _msd(root, ["good0", "good1"])
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
+    good = check_dataset_dir(root)
+    assert [entry["image"] for entry in good] == [str(root / "imagesTr" / f"good{i}.nii.gz") for i in range(2)]
+
+
+def test_every_problem_is_reported_together_naming_its_file(dataset):
+    root, rng = dataset
+    # truncated gzip: the header still reads, the voxel data does not
+    _good_case(root, "truncated", rng)
+    raw = (root / "imagesTr" / "truncated.nii.gz").read_bytes()
+    (root / "imagesTr" / "truncated.nii.gz").write_bytes(raw[: len(raw) // 2])
+    # bad header: a gzip file that is not NIfTI at all
+    _good_case(root, "badheader", rng)
+    with gzip.open(root / "labelsTr" / "badheader.nii.gz", "wb") as f:
+        f.write(b"this is not a nifti header" * 20)
+    _good_case(root, "missing", rng)
+    (root / "labelsTr" / "missing.nii.gz").unlink()
+    _good_case(root, "nan", rng)
+    nan_image = rng.normal(size=SHAPE).astype(np.float32)
+    nan_image[3, 4, 5] = np.nan
+    nan_image[0, 0, 0] = np.inf
+    _save(root / "imagesTr" / "nan.nii.gz", nan_image)
+    _good_case(root, "shape", rng)
+    _save(root / "labelsTr" / "shape.nii.gz", np.zeros((16, 16, 12), np.uint8))
+    _good_case(root, "affine", rng)
+    shifted = np.eye(4)
+    shifted[0, 3] = 5.0
+    _save(root / "labelsTr" / "affine.nii.gz", np.zeros(SHAPE, np.uint8), shifted)
+    _good_case(root, "classes", rng)
+    _save(root / "labelsTr" / "classes.nii.gz", np.full(SHAPE, 7, np.uint8))
+    _good_case(root, "dims", rng)
+    _save(root / "imagesTr" / "dims.nii.gz", np.zeros((16, 16), np.float32))
+    bad = ["truncated", "badheader", "missing", "nan", "shape", "affine", "classes", "dims"]
+    _msd(root, ["good0", *bad, "good1"])
+
+    with pytest.raises(DataCheckError) as caught:
+        check_dataset_dir(root)
+    lines = str(caught.value).splitlines()
+    assert lines[0] == f"{len(bad)} of {len(bad) + 2} cases have problems:"
+    by_file = {line.strip().split(": ")[0]: line for line in lines[1:]}
+    expected = {
+        root / "imagesTr" / "truncated.nii.gz": "image is not a readable NIfTI file",
+        root / "labelsTr" / "badheader.nii.gz": "label is not a readable NIfTI file",
+        root / "labelsTr" / "missing.nii.gz": "label file is missing",
+        root / "imagesTr" / "nan.nii.gz": "image has 1 NaN and 1 Inf voxels",
+        root / "labelsTr" / "shape.nii.gz": "label shape (16, 16, 12) differs from image shape (16, 16, 16)",
+        root / "labelsTr" / "affine.nii.gz": "label affine differs from the affine of",
+        root / "labelsTr" / "classes.nii.gz": "label values [7] are outside the declared classes 0..2",
+        root / "imagesTr" / "dims.nii.gz": "image has shape (16, 16), expected a 3D volume",
+    }
+    assert set(by_file) == {str(path) for path in expected}
+    for path, message in expected.items():
+        assert message in by_file[str(path)]
+
+
+def test_skip_bad_warns_listing_bad_cases_and_returns_good_ones(dataset, caplog):
+    root, rng = dataset
+    _good_case(root, "nan", rng)
+    _save(root / "imagesTr" / "nan.nii.gz", np.full(SHAPE, np.nan, np.float32))
+    datalist = [
+        {"image": f"imagesTr/{name}.nii.gz", "label": f"labelsTr/{name}.nii.gz", "extra": name}
+        for name in ("good0", "nan", "good1")
+    ]
+    before = json.dumps(datalist)
+    with caplog.at_level("WARNING"):
+        good = checked_datalist(datalist, num_classes=3, skip_bad=True, base_dir=root)
+    assert [entry["extra"] for entry in good] == ["good0", "good1"]
+    assert json.dumps(datalist) == before, "the caller's datalist must not change"
+    assert "training on 2 of 3" in caplog.text
+    assert str(root / "imagesTr" / "nan.nii.gz") in caplog.text
+
+
+def test_empty_datalist_and_all_bad_are_errors(dataset):
+    root, _ = dataset
+    with pytest.raises(DataCheckError, match="the datalist is empty"):
+        checked_datalist([])
+    with pytest.raises(DataCheckError, match="image file is missing"):
+        checked_datalist([{"image": str(root / "nope.nii.gz")}], skip_bad=True)
+
+
+def test_num_classes_override_and_channels_last_images(dataset):
+    root, rng = dataset
+    _save(root / "imagesTr" / "two.nii.gz", rng.normal(size=(*SHAPE, 2)).astype(np.float32))
+    _save(root / "labelsTr" / "two.nii.gz", np.full(SHAPE, 2, np.uint8))
+    entry = [{"image": "imagesTr/two.nii.gz", "label": "labelsTr/two.nii.gz"}]
+    assert len(checked_datalist(entry, num_classes=3, num_channels=2, base_dir=root)) == 1
+    with pytest.raises(DataCheckError, match=r"outside the declared classes 0\.\.1"):
+        checked_datalist(entry, num_classes=2, num_channels=2, base_dir=root)
+    with pytest.raises(DataCheckError, match=r"expected a 3D volume"):
+        checked_datalist(entry, base_dir=root)
+
+
+@pytest.mark.slow
+def test_cli_prints_report_and_exits_non_zero(dataset, capsys):
+    root, rng = dataset
+    _good_case(root, "classes", rng)
+    _save(root / "labelsTr" / "classes.nii.gz", np.full(SHAPE, 5, np.uint8))
+    _msd(root, ["good0", "classes"])
+    command = [sys.executable, "-m", "monai_ext", "check_data", "--dataset_dir", str(root)]
+    failed = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 1
+    assert f"{root / 'labelsTr' / 'classes.nii.gz'}: label values [5]" in failed.stdout
+    assert check_data(str(root), num_classes=6) == f"check_data: {root}: 2 cases OK"
+    with pytest.raises(SystemExit) as exited:
+        check_data(str(root), skip_bad=False)
+    assert exited.value.code == 1 and "label values [5]" in capsys.readouterr().out

@@ -1,0 +1,174 @@
+import hashlib
+import json
+import stat
+import subprocess
+import sys
+import zipfile
+from importlib import metadata
+
+import pytest
+import torch
+
+from monai_ext.bundle.checkpoint import CheckpointIntegrityError, atomic_torch_save, record_sha256
+from monai_ext.bundle.packaging import PACKAGE_MANIFEST, PackageError, pack_bundle, unpack, unpack_bundle
+
+SHIPPED = [
+    "LICENSE",
+    "configs/inference.json",
+    "configs/logging.conf",
+    "configs/metadata.json",
+    "configs/train.json",
+    "docs/README.md",
+    "models/model.pt",
+    "models/sha256_manifest.json",
+    "scripts/prepare.py",
+]
+LEFT_OUT = [
+    "models/checkpoint_epoch=3.pt",
+    "eval/metrics.csv",
+    "runs/events.out.tfevents.123.host",
+    "logs/train.log",
+    "dataset/imagesTr/case0.nii.gz",
+    "configs/__pycache__/x.cpython-311.pyc",
+    "scripts/__pycache__/prepare.cpython-311.pyc",
+    "docs/.ipynb_checkpoints/README-checkpoint.md",
+    "models/.partial-model.pt.x1",
+    "train.log",
+    "notes.txt",
+]
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    root = tmp_path / "my_bundle"
+    for name in SHIPPED + LEFT_OUT:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        if name.endswith(".json") and name.startswith("configs/"):
+            (root / name).write_text(json.dumps({"imports": ["$import monai_ext"], "x": f"$len('{name}')"}))
+        elif name != "models/sha256_manifest.json":
+            (root / name).write_text(f"contents of {name}\n")
+    (root / "configs" / "logging.conf").write_text("[handler_h]\nclass=StreamHandler\nargs=(sys.stdout,)\n")
+    atomic_torch_save({"w": torch.arange(3.0)}, root / "models" / "model.pt")
+    record_sha256(root / "models" / "model.pt")
+    return root
+
+
+def _zip(path, entries, manifest_files=None, links=()):
+    """Write a zip by hand: ``entries`` name -> bytes, a manifest listing ``manifest_files`` (default: all)."""
+    files = {name: hashlib.sha256(data).hexdigest() for name, data in entries.items()}
+    manifest = {"format": "monai_ext-bundle-package/1", "bundle": "b", "versions": {}, "files": manifest_files or files}
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(PACKAGE_MANIFEST, json.dumps(manifest))
+        for name, data in entries.items():
+            archive.writestr(name, data)
+        for name, target in links:
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            archive.writestr(info, target)
+    return path
+
+
+def test_pack_ships_only_bundle_files_with_hashes_and_versions(bundle, tmp_path):
+    manifest = pack_bundle(bundle, tmp_path / "out.zip")
+    with zipfile.ZipFile(tmp_path / "out.zip") as archive:
+        names = archive.namelist()
+        stored = json.loads(archive.read(PACKAGE_MANIFEST))
+    assert names == [PACKAGE_MANIFEST, *SHIPPED]
+    assert stored == manifest
+    assert manifest["files"] == {name: hashlib.sha256((bundle / name).read_bytes()).hexdigest() for name in SHIPPED}
+    assert manifest["versions"]["torch"] == metadata.version("torch")
+    assert manifest["versions"]["monai"] == metadata.version("monai")
+    assert manifest["bundle"] == "my_bundle"
+    # the same bundle gives byte-identical archives
+    pack_bundle(bundle, tmp_path / "again.zip")
+    assert (tmp_path / "again.zip").read_bytes() == (tmp_path / "out.zip").read_bytes()
+
+
+def test_round_trip_gives_identical_files(bundle, tmp_path):
+    pack_bundle(bundle, tmp_path / "out.zip")
+    unpack_bundle(tmp_path / "out.zip", tmp_path / "received")
+    received = sorted(p.relative_to(tmp_path / "received").as_posix() for p in (tmp_path / "received").rglob("*"))
+    assert [name for name in received if (tmp_path / "received" / name).is_file()] == SHIPPED
+    for name in SHIPPED:
+        assert (tmp_path / "received" / name).read_bytes() == (bundle / name).read_bytes()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".unpack-")] == []
+
+
+def test_pack_refuses_a_model_that_differs_from_its_record(bundle, tmp_path):
+    torch.save({"w": torch.zeros(3)}, bundle / "models" / "model.pt")
+    with pytest.raises(CheckpointIntegrityError, match=r"model\.pt: SHA-256 mismatch"):
+        pack_bundle(bundle, tmp_path / "out.zip")
+    assert not (tmp_path / "out.zip").exists()
+
+
+def test_pack_refuses_links(bundle, tmp_path):
+    (bundle / "configs" / "extra.json").symlink_to("/etc/hostname")
+    with pytest.raises(PackageError, match=r"extra\.json: is a link"):
+        pack_bundle(bundle, tmp_path / "out.zip")
+
+
+GOOD = {"configs/train.json": b'{"x": 1}'}
+
+
+@pytest.mark.parametrize(
+    ("entries", "manifest_files", "links", "message"),
+    [
+        ({**GOOD, "../evil.txt": b"x"}, None, (), r"entry '\.\./evil\.txt': path traversal refused"),
+        ({**GOOD, "configs/../../evil.txt": b"x"}, None, (), r"'configs/\.\./\.\./evil\.txt': path traversal"),
+        ({**GOOD, "/etc/evil.txt": b"x"}, None, (), r"entry '/etc/evil\.txt': absolute path refused"),
+        (GOOD, None, [("configs/link.json", "/etc/passwd")], r"entry 'configs/link\.json': links are refused"),
+        (GOOD, {"configs/train.json": "0" * 64}, (), r"entry 'configs/train\.json': SHA-256 mismatch"),
+        ({**GOOD, "configs/extra.json": b"{}"}, {"configs/train.json": None}, (), r"'configs/extra\.json': not listed"),
+        (GOOD, {"configs/train.json": None, "models/model.pt": "0" * 64}, (), r"missing: \['models/model\.pt'\]"),
+    ],
+    ids=["dotdot", "nested-dotdot", "absolute", "symlink", "hash", "unlisted", "missing"],
+)
+def test_unpack_refuses_unsafe_or_mismatching_archives(tmp_path, entries, manifest_files, links, message):
+    if manifest_files is not None:
+        manifest_files = {
+            name: digest or hashlib.sha256(entries[name]).hexdigest() for name, digest in manifest_files.items()
+        }
+    archive = _zip(tmp_path / "doctored.zip", entries, manifest_files, links)
+    with pytest.raises(PackageError, match=message):
+        unpack_bundle(archive, tmp_path / "dest")
+    assert not (tmp_path / "dest").exists()
+    assert not (tmp_path / "evil.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["doctored.zip"]
+
+
+def test_unpack_refuses_archives_without_manifest_and_non_empty_dest(tmp_path):
+    with zipfile.ZipFile(tmp_path / "plain.zip", "w") as archive:
+        archive.writestr("configs/train.json", "{}")
+    with pytest.raises(PackageError, match=f"no {PACKAGE_MANIFEST}"):
+        unpack_bundle(tmp_path / "plain.zip", tmp_path / "dest")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(FileExistsError, match="not empty"):
+        unpack_bundle(_zip(tmp_path / "ok.zip", GOOD), tmp_path / "full")
+
+
+def test_unpack_checks_model_records_inside_the_archive(bundle, tmp_path):
+    # An archive whose own manifest was rebuilt after swapping the model still fails the model's SHA-256 record.
+    (bundle / "models" / "model.pt").write_bytes(b"swapped")
+    entries = {name: (bundle / name).read_bytes() for name in SHIPPED}
+    with pytest.raises(CheckpointIntegrityError, match=r"model\.pt: SHA-256 mismatch"):
+        unpack_bundle(_zip(tmp_path / "swapped.zip", entries), tmp_path / "dest")
+
+
+@pytest.mark.slow
+def test_cli_round_trip_audits_and_prints_what_to_install(bundle, tmp_path, capsys):
+    run = [sys.executable, "-m", "monai_ext"]
+    packed = subprocess.run([*run, "pack", str(bundle), str(tmp_path / "b.zip")], capture_output=True, text=True)
+    assert packed.returncode == 0, packed.stderr
+    assert f"pack: wrote {tmp_path / 'b.zip'} with {len(SHIPPED)} files" in packed.stdout
+    unpacked = subprocess.run([*run, "unpack", str(tmp_path / "b.zip"), str(tmp_path / "dest"), "--strict"],
+                              capture_output=True, text=True)  # fmt: skip
+    assert unpacked.returncode == 0, unpacked.stdout + unpacked.stderr
+    assert f"{len(SHIPPED)} files verified" in unpacked.stdout
+    assert "ok configs/train.json: x: [expression] $len('configs/train.json')" in unpacked.stdout
+    assert f"torch=={metadata.version('torch')}" in unpacked.stdout
+    assert f"monai=={metadata.version('monai')}" in unpacked.stdout
+    doctored = _zip(tmp_path / "bad.zip", {**GOOD, "../evil.txt": b"x"})
+    with pytest.raises(SystemExit) as exited:
+        unpack(str(doctored), str(tmp_path / "d2"))
+    assert exited.value.code == 1 and "path traversal refused" in capsys.readouterr().out
