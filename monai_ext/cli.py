@@ -14,6 +14,10 @@ from typing import Any
 COMMANDS: dict[str, str] = {
     "versions": "monai_ext.cli:versions",
     "convert_legacy_autoencoderkl": "monai_ext.legacy.autoencoderkl:convert_legacy_autoencoderkl",
+    "check_data": "monai_ext.bundle.data_check:check_data",
+    "audit": "monai_ext.bundle.audit:audit",
+    "pack": "monai_ext.bundle.packaging:pack",
+    "unpack": "monai_ext.bundle.packaging:unpack",
 }
 
 
