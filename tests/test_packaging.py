@@ -43,7 +43,9 @@ def bundle(tmp_path):
     root = tmp_path / "my_bundle"
     for name in SHIPPED + LEFT_OUT:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
-        if name.endswith(".json") and name.startswith("configs/"):
+        if name == "configs/metadata.json":
+            (root / name).write_text(json.dumps({"version": "0.1.0", "optional_packages_version": {"tqdm": "4.66.0"}}))
+        elif name.endswith(".json") and name.startswith("configs/"):
             (root / name).write_text(json.dumps({"imports": ["$import monai_ext"], "x": f"$len('{name}')"}))
         elif name != "models/sha256_manifest.json":
             (root / name).write_text(f"contents of {name}\n")
@@ -168,6 +170,7 @@ def test_cli_round_trip_audits_and_prints_what_to_install(bundle, tmp_path, caps
     assert "ok configs/train.json: x: [expression] $len('configs/train.json')" in unpacked.stdout
     assert f"torch=={metadata.version('torch')}" in unpacked.stdout
     assert f"monai=={metadata.version('monai')}" in unpacked.stdout
+    assert "tqdm==4.66.0" in unpacked.stdout
     doctored = _zip(tmp_path / "bad.zip", {**GOOD, "../evil.txt": b"x"})
     with pytest.raises(SystemExit) as exited:
         unpack(str(doctored), str(tmp_path / "d2"))

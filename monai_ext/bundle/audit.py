@@ -335,8 +335,8 @@ def audit_expression(code: str, aliases: dict[str, str] | None = None) -> list[s
     return list(dict.fromkeys(auditor.flags))
 
 
-def _walk(node: Any, key: str) -> Iterator[tuple[str, Any, Any]]:
-    """Yield ``(key, value, parent)`` for every leaf of a config, with MONAI ``#``-separated keys."""
+def _walk(node: Any, key: str) -> Iterator[tuple[str, Any]]:
+    """Yield ``(key, value)`` for every leaf of a config, with MONAI ``#``-separated keys."""
     if isinstance(node, dict):
         for k, v in node.items():
             yield from _walk(v, f"{key}#{k}" if key else str(k))
@@ -344,7 +344,7 @@ def _walk(node: Any, key: str) -> Iterator[tuple[str, Any, Any]]:
         for i, v in enumerate(node):
             yield from _walk(v, f"{key}#{i}" if key else str(i))
     else:
-        yield key, node, None
+        yield key, node
 
 
 def _load_config(path: Path) -> Any:
@@ -372,7 +372,7 @@ def _target_flags(target: str, siblings: dict, aliases: dict[str, str]) -> list[
     return flags
 
 
-def _audit_config(config: Any, source: str, root: Path, config_dir: Path, aliases: dict) -> list[AuditItem]:
+def _audit_config(config: Any, source: str, aliases: dict[str, str]) -> list[AuditItem]:
     items = []
     targets = []
 
@@ -391,7 +391,7 @@ def _audit_config(config: Any, source: str, root: Path, config_dir: Path, aliase
     for key, target, siblings in targets:
         if not target.startswith("$"):
             items.append(AuditItem(source, key, "_target_", target, tuple(_target_flags(target, siblings, aliases))))
-    for key, value, _ in _walk(config, ""):
+    for key, value in _walk(config, ""):
         if not isinstance(value, str):
             continue
         if value.startswith("$"):
@@ -400,7 +400,7 @@ def _audit_config(config: Any, source: str, root: Path, config_dir: Path, aliase
         elif value.startswith("%"):
             macro_file = value[1:].split("#")[0].split("::")[0]
             flags = ()
-            if macro_file and not (config_dir / macro_file).resolve().is_relative_to(root):
+            if _outside_root(macro_file):
                 flags = (f"pulls config from {macro_file!r}, outside the bundle: audit that file too",)
             items.append(AuditItem(source, key, "macro", value, flags))
     return items
@@ -484,7 +484,7 @@ def audit_bundle(bundle_dir: str | os.PathLike, extra_configs: Sequence[str | os
     # MONAI shares the globals bound by any config's imports with every expression of the merged config.
     aliases: dict[str, str] = {}
     for config in configs.values():
-        for _, value, _ in _walk(config, ""):
+        for _, value in _walk(config, ""):
             if isinstance(value, str) and value.startswith("$"):
                 try:
                     _collect_aliases(_parse(value[1:]), aliases)
@@ -492,7 +492,7 @@ def audit_bundle(bundle_dir: str | os.PathLike, extra_configs: Sequence[str | os
                     pass
     items = []
     for path, config in configs.items():
-        items += _audit_config(config, _source_name(path, root), root, path.parent, aliases)
+        items += _audit_config(config, _source_name(path, root), aliases)
     for path in sorted(config_dir.rglob("*.conf")):
         items += _audit_logging_conf(path, _source_name(path, root))
     return items

@@ -224,12 +224,19 @@ def unpack_bundle(zip_path: str | os.PathLike, dest: str | os.PathLike) -> dict[
     return manifest
 
 
-def install_instructions(manifest: dict[str, Any]) -> str:
-    """Return the pip command that installs the package versions an archive was made with."""
+def install_instructions(manifest: dict[str, Any], bundle_metadata: dict[str, Any] | None = None) -> str:
+    """Return the pip command that installs the package versions an archive was made with.
+
+    Args:
+        manifest: the archive's manifest (its ``versions``).
+        bundle_metadata: the bundle's ``configs/metadata.json``; its ``optional_packages_version`` pins are added.
+    """
     versions = manifest.get("versions", {})
-    pins = " ".join(f"{name}=={versions[name]}" for name in PACKAGES if name in versions)
+    pins = [f"{name}=={versions[name]}" for name in PACKAGES if name in versions]
+    optional = (bundle_metadata or {}).get("optional_packages_version") or {}
+    pins += [f"{name}=={version}" for name, version in sorted(optional.items()) if name not in versions]
     python = versions.get("python", "unknown")
-    return f"made with Python {python}; install the same versions with:\n  pip install {pins}"
+    return f"made with Python {python}; install the same versions with:\n  pip install {' '.join(pins)}"
 
 
 def pack(bundle_dir: str, out_zip: str) -> str:
@@ -258,11 +265,16 @@ def unpack(zip_path: str, dest: str, strict: bool = False) -> str:
         print(f"unpack: refused {zip_path}: {err}")
         raise SystemExit(1) from None
     items = audit_bundle(dest)
+    metadata_path = Path(dest) / "configs" / "metadata.json"
+    try:
+        bundle_metadata = json.loads(metadata_path.read_text()) if metadata_path.is_file() else None
+    except json.JSONDecodeError:
+        bundle_metadata = None
     report = "\n".join(
         [
             f"unpack: {len(manifest['files'])} files verified into {dest}",
             format_report(items),
-            install_instructions(manifest),
+            install_instructions(manifest, bundle_metadata if isinstance(bundle_metadata, dict) else None),
         ]
     )
     if strict and any(item.flags for item in items):
