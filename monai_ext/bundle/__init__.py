@@ -1,5 +1,27 @@
 """Support code that the bundles under ``bundles/`` reach through ``$import monai_ext`` (data, handlers, safety)."""
 
-from monai_ext.bundle import audit, checkpoint, data_check, packaging, resume
+from monai_ext.bundle import (
+    audit,
+    autoencoder,
+    checkpoint,
+    data_check,
+    datalist,
+    packaging,
+    paths,
+    previews,
+    resume,
+    synthetic,
+)
 
-__all__: list[str] = ["audit", "checkpoint", "data_check", "packaging", "resume"]
+__all__: list[str] = [
+    "audit",
+    "autoencoder",
+    "checkpoint",
+    "data_check",
+    "datalist",
+    "packaging",
+    "paths",
+    "previews",
+    "resume",
+    "synthetic",
+]

@@ -1,0 +1,161 @@
+"""Datalists for the bundles, read from a folder in Medical Segmentation Decathlon layout.
+
+``DATASET_DIR/dataset.json`` lists ``training`` cases (``{"image": ..., "label": ...}``) and optionally
+``validation`` cases (same form) and ``test`` images (paths), all relative to ``DATASET_DIR``.
+
+- Validation: the ``validation`` list when present. Otherwise the training cases are sorted by image path and every
+  ``round(1 / val_fraction)``-th case, starting with the last one, is held out (at least one case); the rest train.
+- Classes: ``len(labels)`` of dataset.json (background included), unless ``num_classes`` is given.
+- Inference: the ``test`` list, else the validation cases; or every ``*.nii``/``*.nii.gz`` file of any folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from monai.data import load_decathlon_datalist
+
+__all__ = [
+    "image_folder_datalist",
+    "inference_datalist",
+    "num_classes",
+    "split_training",
+    "training_datalist",
+    "validation_datalist",
+]
+
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def _dataset_json(dataset_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    path = Path(dataset_dir) / "dataset.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"dataset_dir: no dataset.json in '{dataset_dir}'; expected a Medical Segmentation Decathlon folder "
+            "(dataset.json, imagesTr/, labelsTr/)."
+        )
+    try:
+        content = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"dataset_dir: '{path}' is not valid JSON: {err}") from err
+    if not isinstance(content, dict) or not isinstance(content.get("training"), list) or not content["training"]:
+        raise ValueError(f"dataset_dir: '{path}' needs a non-empty 'training' list of image/label entries.")
+    return path, content
+
+
+def split_training(cases: list[dict], val_fraction: float) -> tuple[list[dict], list[dict]]:
+    """Split cases deterministically into training and validation (see the module docstring).
+
+    Args:
+        cases: datalist entries with an ``image`` key; at least two.
+        val_fraction: share of cases to hold out, in (0, 1).
+
+    Returns:
+        ``(training, validation)``, each sorted by image path.
+
+    Raises:
+        ValueError: for fewer than two cases or ``val_fraction`` outside (0, 1).
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
+    if len(cases) < 2:
+        raise ValueError(f"need at least 2 training cases to hold one out for validation, got {len(cases)}.")
+    ordered = sorted(cases, key=lambda case: str(case["image"]))
+    step = max(1, round(1.0 / val_fraction))
+    held_out = set(range(len(ordered) - 1, -1, -step))
+    if len(held_out) == len(ordered):
+        held_out = {len(ordered) - 1}
+    training = [c for i, c in enumerate(ordered) if i not in held_out]
+    validation = [c for i, c in enumerate(ordered) if i in held_out]
+    return training, validation
+
+
+def _split(dataset_dir: str | os.PathLike, val_fraction: float) -> tuple[list[dict], list[dict]]:
+    path, content = _dataset_json(dataset_dir)
+    training = load_decathlon_datalist(path, True, "training", base_dir=dataset_dir)
+    if content.get("validation"):
+        return training, load_decathlon_datalist(path, True, "validation", base_dir=dataset_dir)
+    return split_training(training, val_fraction)
+
+
+def training_datalist(dataset_dir: str | os.PathLike, val_fraction: float = 0.2) -> list[dict]:
+    """Return the training cases of ``dataset_dir`` as ``{"image": path, "label": path}`` dicts.
+
+    Args:
+        dataset_dir: Decathlon-layout folder.
+        val_fraction: held-out share when dataset.json has no ``validation`` list.
+
+    Returns:
+        Datalist entries with absolute paths.
+
+    Raises:
+        FileNotFoundError: when ``dataset_dir`` has no dataset.json.
+        ValueError: when dataset.json is malformed or too small to split.
+    """
+    return _split(dataset_dir, val_fraction)[0]
+
+
+def validation_datalist(dataset_dir: str | os.PathLike, val_fraction: float = 0.2) -> list[dict]:
+    """Return the validation cases of ``dataset_dir`` (see :func:`training_datalist`)."""
+    return _split(dataset_dir, val_fraction)[1]
+
+
+def image_folder_datalist(image_dir: str | os.PathLike) -> list[dict]:
+    """Return ``{"image": path}`` for every NIfTI file directly in ``image_dir``, sorted by name.
+
+    Raises:
+        FileNotFoundError: when ``image_dir`` is not a folder.
+        ValueError: when it holds no ``.nii``/``.nii.gz`` file.
+    """
+    folder = Path(image_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image_dir: '{image_dir}' is not a folder.")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(_NIFTI_SUFFIXES))
+    if not files:
+        raise ValueError(f"image_dir: no .nii or .nii.gz files in '{image_dir}'.")
+    return [{"image": str(p.resolve())} for p in files]
+
+
+def inference_datalist(
+    dataset_dir: str | os.PathLike, image_dir: str | os.PathLike | None = None, val_fraction: float = 0.2
+) -> list[dict]:
+    """Return the images to segment or reconstruct.
+
+    Args:
+        dataset_dir: Decathlon-layout folder, used when ``image_dir`` is empty.
+        image_dir: any folder of NIfTI images; takes precedence when given.
+        val_fraction: held-out share when falling back to the validation split.
+
+    Returns:
+        ``{"image": path}`` entries (validation entries keep their ``label``).
+    """
+    if image_dir:
+        return image_folder_datalist(image_dir)
+    path, content = _dataset_json(dataset_dir)
+    if content.get("test"):
+        return load_decathlon_datalist(path, False, "test", base_dir=dataset_dir)
+    return validation_datalist(dataset_dir, val_fraction)
+
+
+def num_classes(dataset_dir: str | os.PathLike, override: int | None = None) -> int:
+    """Return the number of output classes, background included.
+
+    Args:
+        dataset_dir: Decathlon-layout folder whose dataset.json has a ``labels`` mapping.
+        override: when given, returned as is (after validation) without reading ``labels``.
+
+    Raises:
+        ValueError: when ``override`` is below 2, or dataset.json has no usable ``labels`` and no override is given.
+    """
+    if override is not None:
+        if int(override) < 2:
+            raise ValueError(f"num_classes must be at least 2 (background and one structure), got {override}.")
+        return int(override)
+    path, content = _dataset_json(dataset_dir)
+    labels = content.get("labels")
+    if not isinstance(labels, dict) or len(labels) < 2:
+        raise ValueError(f"'{path}' has no 'labels' mapping with background and a structure; set num_classes.")
+    return len(labels)
