@@ -97,6 +97,16 @@ def test_every_problem_is_reported_together_naming_its_file(dataset):
         assert message in by_file[str(path)]
 
 
+def test_truncated_uncompressed_nifti_is_one_line_naming_the_file(tmp_path):
+    path = _save(tmp_path / "cut.nii", np.zeros(SHAPE, np.float32))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DataCheckError) as caught:
+        checked_datalist([{"image": str(path)}])
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 2
+    assert lines[1].startswith(f"  {path}: image is not a readable NIfTI file (truncated or corrupt?): ")
+
+
 def test_skip_bad_warns_listing_bad_cases_and_returns_good_ones(dataset, caplog):
     root, rng = dataset
     _good_case(root, "nan", rng)

@@ -43,7 +43,8 @@ def _load(path: Path, role: str, problems: list[str]) -> tuple[np.ndarray, np.nd
         image = nib.load(path)
         data = np.asanyarray(image.dataobj)
     except (OSError, EOFError, zlib.error, ValueError, nib.filebasedimages.ImageFileError) as err:
-        problems.append(f"{path}: {role} is not a readable NIfTI file (truncated or corrupt?): {err}")
+        reason = " ".join(str(err).split())  # nibabel's messages span lines; keep one problem per line
+        problems.append(f"{path}: {role} is not a readable NIfTI file (truncated or corrupt?): {reason}")
         return None
     return data, np.asarray(image.affine)
 
