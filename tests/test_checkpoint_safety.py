@@ -24,6 +24,7 @@ from monai_ext.bundle.checkpoint import (
     load_checkpoint,
     read_manifest,
     record_sha256,
+    save_checkpoint,
     verify_sha256,
 )
 
@@ -147,6 +148,14 @@ def test_pickled_objects_are_refused_with_a_clear_error(tmp_path):
         CheckpointLoader(str(path), {"net": net})(engine)
     with pytest.raises(UnsafeCheckpointError, match=str(path)):
         CheckedCheckpointLoader(str(path), {"net": net})(engine)
+
+
+def test_save_checkpoint_records_what_load_checkpoint_verifies(tmp_path):
+    state = {"network": {"w": torch.ones(2)}, "optimizer": {"lr": torch.tensor(0.1)}}
+    digest = save_checkpoint(state, tmp_path / "model.pt")
+    assert digest == file_sha256(tmp_path / "model.pt")
+    assert read_manifest(tmp_path)["model.pt"]["keys"] == ["network", "optimizer"]
+    assert torch.equal(load_checkpoint(tmp_path / "model.pt")["network"]["w"], torch.ones(2))
 
 
 def test_checked_loader_loads_a_recorded_checkpoint(tmp_path):

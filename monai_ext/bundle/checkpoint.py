@@ -42,6 +42,7 @@ __all__ = [
     "load_checkpoint",
     "read_manifest",
     "record_sha256",
+    "save_checkpoint",
     "verify_sha256",
 ]
 
@@ -165,6 +166,21 @@ def record_sha256(path: str | os.PathLike, keys: list[str] | None = None) -> str
         record["keys"] = sorted(keys)
     _update_manifest(path.parent, {path.name: record})
     return digest
+
+
+def save_checkpoint(obj: Any, path: str | os.PathLike, **kwargs: Any) -> str:
+    """Save atomically (:func:`atomic_torch_save`) and record the SHA-256 next to the file, for loaders to verify.
+
+    Args:
+        obj: what to save, e.g. a state dict.
+        path: destination file; its directory must exist.
+        kwargs: passed to ``torch.save``.
+
+    Returns:
+        The hex SHA-256 of the written file.
+    """
+    path = atomic_torch_save(obj, path, **kwargs)
+    return record_sha256(path, keys=_checkpoint_keys(obj))
 
 
 def verify_sha256(path: str | os.PathLike) -> str:
