@@ -24,7 +24,8 @@ class SABlock(nn.Module):
     - ``attention_dtype`` computes attention in that dtype (queries, keys and values) and returns the input dtype;
     - ``causal`` needs no ``sequence_length``, keeps no N x N buffer (nothing in the state dict) and accepts any N;
     - ``attn_mask`` means the same on every path (see :meth:`forward`);
-    - ``rel_pos_embedding="decomposed"`` is scriptable and runs fused, its term passed as an additive bias;
+    - ``rel_pos_embedding="decomposed"`` is scriptable and runs fused, its term passed as an additive bias, and its 3D
+      bias follows the definition (see :class:`DecomposedRelPosBias`);
     - ``dim_head`` makes any ``hidden_size`` valid, and ``include_fc=False`` must not change the width;
     - a state dict of either projection layout (fused ``qkv.*`` or ``to_q/to_k/to_v.*``) loads into the other.
 
@@ -174,10 +175,10 @@ class SABlock(nn.Module):
         """
         batch, length = x.shape[0], x.shape[1]
         if self.use_combined_linear:
-            # unbind, not indexing: its backward writes the three gradients into one buffer instead of zero-filling
-            # a full-size buffer per index and adding them up
-            qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, self.dim_head).permute(2, 0, 3, 1, 4)
-            q, k, v = qkv.unbind(0)
+            # unbind, not indexing, and before moving the heads: its backward stacks the three gradients straight into
+            # the projection's layout, where indexing would zero-fill and add up one full-size buffer per index
+            qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, self.dim_head).unbind(2)
+            q, k, v = qkv[0].transpose(1, 2), qkv[1].transpose(1, 2), qkv[2].transpose(1, 2)
         else:
             q = self.to_q(x).reshape(batch, length, self.num_heads, self.dim_head).transpose(1, 2)
             k = self.to_k(x).reshape(batch, length, self.num_heads, self.dim_head).transpose(1, 2)
