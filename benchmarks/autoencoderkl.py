@@ -1,10 +1,11 @@
 """Encode+decode time and peak memory of AutoencoderKL: legacy (MONAI Generative), MONAI core and monai_ext.
 
-Every model runs in a fresh subprocess (so that its peak resident set size, the child's ru_maxrss, is its own) on
+Every model runs in its own subprocess, so that its peak resident set size (the child's ru_maxrss) is its own, on
 the same weights: a seeded MONAI Generative Models AutoencoderKL, converted for the others with
-monai_ext.legacy.convert_autoencoderkl_state_dict. Each child times ``decode(encode(x)[0])`` under
-``torch.inference_mode()`` on one 1-channel cube (one warm-up pass, then --repeats timed passes, median reported)
-and saves its outputs, which the parent compares with the legacy model's.
+monai_ext.legacy.convert_autoencoderkl_state_dict. Each child does one warm-up pass of ``decode(encode(x)[0])`` under
+``torch.inference_mode()`` on one 1-channel cube, then one timed pass whenever the parent asks. The parent asks the
+models in turn (order rotated every round), so machine noise hits all of them alike, and reports medians. Finally it
+compares every model's outputs with the legacy model's.
 
 The network is the legacy default with three levels: channels (32, 64, 64), attention at the last two levels
 (False, True, True), 2 residual blocks per level, 3 latent channels, 32 norm groups, non-local attention in encoder
@@ -66,8 +67,8 @@ def build(variant: str) -> torch.nn.Module:
     return AutoencoderKL(channels=CHANNELS, **ARCHITECTURE)
 
 
-def run_child(variant: str, workdir: Path, size: int, repeats: int) -> None:
-    """Load the shared weights into ``variant``, time encode+decode and write its timings, peak RSS and outputs."""
+def run_child(variant: str, workdir: Path) -> None:
+    """Serve timed passes of ``variant`` to the parent: one per "run" line on stdin, then outputs and peak RSS."""
     model = build(variant).eval()
     legacy_weights = workdir / "legacy.pt"
     if variant == "legacy":
@@ -77,40 +78,61 @@ def run_child(variant: str, workdir: Path, size: int, repeats: int) -> None:
 
         model.load_state_dict(convert_autoencoderkl_state_dict(legacy_weights, model))
     x = torch.load(workdir / "input.pt", weights_only=True)
-    assert x.shape[-1] == size
-    times = []
-    with torch.inference_mode():
-        for index in range(repeats + 1):
-            start = time.perf_counter()
+
+    def encode_decode() -> tuple[float, dict[str, torch.Tensor]]:
+        start = time.perf_counter()
+        with torch.inference_mode():
             z_mu, _ = model.encode(x)
             reconstruction = model.decode(z_mu)
-            if index:  # the first pass is a warm-up
-                times.append(time.perf_counter() - start)
-    torch.save({"z_mu": z_mu, "reconstruction": reconstruction}, workdir / f"{variant}.out.pt")
+        return time.perf_counter() - start, {"z_mu": z_mu, "reconstruction": reconstruction}
+
+    _, outputs = encode_decode()  # warm-up
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        seconds, outputs = encode_decode()
+        print(json.dumps({"seconds": seconds}), flush=True)
+    torch.save(outputs, workdir / f"{variant}.out.pt")
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({"times": times, "peak_gb": peak_kib * 1024 / 1e9}))
+    print(json.dumps({"peak_gb": peak_kib * 1024 / 1e9}), flush=True)
 
 
-def measure(variant: str, workdir: Path, args: argparse.Namespace) -> dict:
-    command = [
-        sys.executable,
-        os.path.abspath(__file__),
-        "--child",
-        variant,
-        "--workdir",
-        str(workdir),
-        "--size",
-        str(args.size),
-        "--repeats",
-        str(args.repeats),
-        "--threads",
-        str(args.threads),
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"{variant} failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+class Child:
+    """One model in its own process, driven line by line so that the timed passes of all models interleave."""
+
+    def __init__(self, variant: str, workdir: Path, threads: int) -> None:
+        self.variant = variant
+        self.stderr = open(workdir / f"{variant}.stderr", "w+")  # closed in finish()
+        command = [sys.executable, os.path.abspath(__file__), "--child", variant, "--workdir", str(workdir)]
+        command += ["--threads", str(threads)]
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        self.process = subprocess.Popen(
+            command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True
+        )
+        self._expect("ready")
+
+    def _expect(self, prefix: str) -> str:
+        line = self.process.stdout.readline()
+        if not line.startswith(prefix):
+            self.process.kill()
+            self.stderr.seek(0)
+            raise RuntimeError(f"{self.variant} failed:\n{self.stderr.read()[-4000:]}")
+        return line
+
+    def run(self) -> float:
+        self.process.stdin.write("run\n")
+        self.process.stdin.flush()
+        return json.loads(self._expect("{"))["seconds"]
+
+    def finish(self) -> float:
+        """Stop the child; return its peak resident set size in GB."""
+        self.process.stdin.write("done\n")
+        self.process.stdin.flush()
+        peak_gb = json.loads(self._expect("{"))["peak_gb"]
+        self.process.wait()
+        self.stderr.close()
+        return peak_gb
 
 
 def relative_difference(workdir: Path, variant: str) -> float:
@@ -147,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.child:
-        run_child(args.child, args.workdir, args.size, args.repeats)
+        run_child(args.child, args.workdir)
         return
 
     import generative
@@ -165,16 +187,25 @@ def main(argv: list[str] | None = None) -> None:
         torch.save(torch.randn(1, 1, *[args.size] * 3), workdir / "input.pt")
         del legacy
 
+        # start one at a time, so that two warm-up passes never hold their peak memory together
+        children = [Child(variant, workdir, args.threads) for variant in args.variants]
+        times: dict[str, list[float]] = {child.variant: [] for child in children}
+        for round_index in range(args.repeats):
+            shift = round_index % len(children)
+            for child in children[shift:] + children[:shift]:
+                times[child.variant].append(child.run())
         results = {}
-        for variant in args.variants:
-            results[variant] = measure(variant, workdir, args)
-            results[variant]["median"] = statistics.median(results[variant]["times"])
-            results[variant]["difference"] = relative_difference(workdir, variant)
+        for child in children:
+            results[child.variant] = {
+                "median": statistics.median(times[child.variant]),
+                "peak_gb": child.finish(),
+                "difference": relative_difference(workdir, child.variant),
+            }
 
     print(
         f"AutoencoderKL encode+decode, 1x1x{args.size}^3, float32, inference mode, {args.threads} threads, "
-        f"median of {args.repeats} (after 1 warm-up), each model in its own process; torch {torch.__version__}, "
-        f"monai {monai.__version__}, monai-generative {generative.__version__}\n"
+        f"median of {args.repeats} interleaved passes (after 1 warm-up), each model in its own process; "
+        f"torch {torch.__version__}, monai {monai.__version__}, monai-generative {generative.__version__}\n"
         f"network: channels {CHANNELS}, attention_levels {ARCHITECTURE['attention_levels']}, num_res_blocks "
         f"{ARCHITECTURE['num_res_blocks']}, latent_channels {ARCHITECTURE['latent_channels']}, norm_num_groups "
         f"{ARCHITECTURE['norm_num_groups']}, non-local attention in encoder and decoder\n"
