@@ -201,8 +201,10 @@ def test_defect2_attention_dtype(dtype, save_attn):
     kwargs = dict(hidden_size=HIDDEN, num_heads=HEADS, save_attn=save_attn, attention_dtype=dtype)
     monai_block, ours = _pair(**kwargs)
     x = torch.randn(BATCH, LENGTH, HIDDEN)
-    with pytest.raises(RuntimeError):
-        monai_block(x)  # MONAI casts q and k but not v
+    monai_flash = MonaiSABlock(HIDDEN, HEADS, attention_dtype=dtype, use_flash_attention=True)
+    for block in (monai_block, monai_flash):  # MONAI casts q and k but not v
+        with pytest.raises(RuntimeError, match="expected scalar type|to have the same dtype"):
+            block(x)
     reference = SABlock(HIDDEN, HEADS).eval()
     reference.load_state_dict(ours.state_dict())
     out = ours(x)
