@@ -106,9 +106,10 @@ def test_shared_block_stays_shared_and_single_block_is_converted():
     net = nn.ModuleDict({"a": shared, "b": nn.Sequential(shared)})
     patch_attention(net)
     assert isinstance(net["a"], SABlock) and net["a"] is net["b"][0]
-    single = MonaiSABlock(16, 2, causal=True, sequence_length=8).eval()
-    converted = patch_attention(single)
-    assert isinstance(converted, SABlock) and converted.causal
+    single = MonaiSABlock(16, 2, causal=True, sequence_length=8, rel_pos_embedding="decomposed", input_size=(2, 4))
+    _randomise(single)
+    converted = patch_attention(single.eval())
+    assert isinstance(converted, SABlock) and converted.causal and converted.rel_positional_embedding is not None
     x = torch.randn(2, 8, 16)
     assert (converted(x) - single(x)).abs().max().item() < TOL
 
