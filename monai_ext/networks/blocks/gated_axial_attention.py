@@ -101,7 +101,8 @@ class GatedAxialAttention(nn.Module):
         # (N, C, *spatial) -> (N, *other axes, attended axis, C) and back
         attended = 2 + axis
         self.to_rows = [0] + [d for d in range(2, spatial_dims + 2) if d != attended] + [attended, 1]
-        self.from_rows = [self.to_rows.index(d) for d in range(spatial_dims + 2)]
+        lines_layout = self.to_rows[:-2] + [1, attended]  # (N, *other axes, C, attended axis)
+        self.from_lines = [lines_layout.index(d) for d in range(spatial_dims + 2)]
 
         self.qkv = nn.Conv1d(in_channels, 2 * out_channels, kernel_size=1, bias=False)
         self.norm_qkv = nn.BatchNorm1d(2 * out_channels)
@@ -155,7 +156,9 @@ class GatedAxialAttention(nn.Module):
 
     def _scale(
         self,
-        x: torch.Tensor,
+        total: torch.Tensor,
+        total_sq: torch.Tensor,
+        count: int,
         gate: torch.Tensor,
         weight: torch.Tensor,
         running_mean: torch.Tensor,
@@ -164,22 +167,53 @@ class GatedAxialAttention(nn.Module):
         momentum: float,
         eps: float,
     ) -> torch.Tensor:
-        """Per-group multiplier ``weight / sqrt(var + eps)`` of a similarity BatchNorm applied to ``gate * x``.
+        """Per-group multiplier ``weight / sqrt(var + eps)`` of a similarity BatchNorm applied to ``gate * map``.
 
-        In train mode ``var`` is the batch variance of ``gate * x`` over all but the group axis (1), and the running
-        statistics update as in ``nn.BatchNorm2d``; in eval mode the running variance is used.
+        ``total`` and ``total_sq`` are the per-group sums of the map and of its square over batch, queries and keys
+        (``count`` elements per group), in float64. In train mode they give the batch variance and update the
+        running statistics as ``nn.BatchNorm2d`` does; in eval mode the running variance is used.
         """
         if self.training:
-            var, mean = torch.var_mean(x, dim=[0, 2, 3], unbiased=False)
-            var = var * gate * gate
+            mean = total / count
+            var = (total_sq / count - mean * mean).clamp_min(0.0) * gate * gate
+            var = var.to(weight.dtype)
             with torch.no_grad():
-                count = x.numel() // x.shape[1]
-                running_mean.mul_(1.0 - momentum).add_(mean.detach() * gate, alpha=momentum)
-                running_var.mul_(1.0 - momentum).add_(var.detach() * (count / max(count - 1, 1)), alpha=momentum)
+                running_mean.mul_(1.0 - momentum).add_((mean * gate).to(weight.dtype), alpha=momentum)
+                running_var.mul_(1.0 - momentum).add_(var * (count / max(count - 1, 1)), alpha=momentum)
                 num_batches_tracked.add_(1)
         else:
             var = running_var
         return weight * torch.rsqrt(var + eps) * gate
+
+    def _relative_moments(self, part: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-group sums of ``m[i, j] = sum_c part[c, i] table[c, i, j]`` and of ``m**2`` over batch, i and j.
+
+        ``part`` is ``(B, g, L, c)`` and ``table`` ``(c, L, L)``; computed from ``L``-sized moments in float64, never
+        forming ``m``. Only needed in train mode (empty tensors otherwise).
+        """
+        if not self.training:
+            return torch.empty(0), torch.empty(0)
+        pd, td = part.double(), table.double()
+        total = torch.einsum("bgic,ci->g", pd, td.sum(2))
+        gram = torch.einsum("bgic,bgid->gicd", pd, pd)
+        total_sq = torch.einsum("gicd,cdi->g", gram, torch.einsum("cij,dij->cdi", td, td))
+        return total, total_sq
+
+    def _norm_lines(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        running_mean: torch.Tensor,
+        running_var: torch.Tensor,
+        num_batches_tracked: torch.Tensor,
+        momentum: float,
+        eps: float,
+    ) -> torch.Tensor:
+        """A BatchNorm1d given by its tensors, in this layer's train/eval mode, on ``(N, C, L)`` or ``(rows, C)``."""
+        if self.training:
+            num_batches_tracked.add_(1)
+        return F.batch_norm(x, running_mean, running_var, weight, bias, self.training, momentum, eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Attend along ``axis``.
@@ -205,102 +239,158 @@ class GatedAxialAttention(nn.Module):
         # lines along the attended axis become batch rows: (N, *others, L, C) -> (B, L, C)
         xt = x.permute(self.to_rows)
         lead = list(xt.shape[:-2])
-        rows = xt.reshape(-1, length, x.shape[1])
-        batch = rows.shape[0]
+        rows = xt.reshape(-1, x.shape[1])
+        batch = rows.shape[0] // length
+        bg = batch * g
 
-        qkv = F.linear(rows, self.qkv.weight.squeeze(-1))
-        qkv = F.batch_norm(
-            qkv.reshape(-1, 2 * self.out_channels),
-            self.norm_qkv.running_mean,
-            self.norm_qkv.running_var,
+        qkv = self._norm_lines(
+            F.linear(rows, self.qkv.weight.squeeze(-1)),
             self.norm_qkv.weight,
             self.norm_qkv.bias,
-            self.training,
+            self.norm_qkv.running_mean,
+            self.norm_qkv.running_var,
+            self.norm_qkv.num_batches_tracked,
             self.norm_qkv.momentum,
             self.norm_qkv.eps,
         )
-        if self.training:
-            self.norm_qkv.num_batches_tracked.add_(1)
         qkv = qkv.view(batch, length, g, 2 * gp).transpose(1, 2)  # (B, g, L, 2gp)
         q = qkv[..., :c]
         k = qkv[..., c : 2 * c]
-        v = qkv[..., 2 * c :].reshape(batch * g, length, gp)
-
+        v = qkv[..., 2 * c :].reshape(bg, length, gp)
+        count = batch * length * length
         one = torch.ones((), dtype=x.dtype, device=x.device)
-        qk = torch.matmul(q, k.transpose(-1, -2))  # (B, g, L, L)
+        if self.training:
+            # batch statistics of the L x L maps from L-sized moments (exact; float64 against cancellation)
+            qd, kd = q.double(), k.double()
+            qk_total = (qd.sum(2) * kd.sum(2)).sum([0, 2])
+            qk_total_sq = (torch.einsum("bgic,bgid->bgcd", qd, qd) * torch.einsum("bgic,bgid->bgcd", kd, kd)).sum(
+                [0, 2, 3]
+            )
+        else:
+            qk_total = qk_total_sq = torch.empty(0)
+        norm_qk = self.norm_qk
         scale_qk = self._scale(
-            qk,
+            qk_total,
+            qk_total_sq,
+            count,
             one,
-            self.norm_qk.weight,
-            self.norm_qk.running_mean,
-            self.norm_qk.running_var,
-            self.norm_qk.num_batches_tracked,
-            self.norm_qk.momentum,
-            self.norm_qk.eps,
-        ).view(g, 1, 1)
-        logits = qk * scale_qk
+            norm_qk.weight,
+            norm_qk.running_mean,
+            norm_qk.running_var,
+            norm_qk.num_batches_tracked,
+            norm_qk.momentum,
+            norm_qk.eps,
+        )
+        # the BatchNorm scales fold into the queries; its shifts are constant along softmax rows and drop out
+        q_scaled = (q * scale_qk.view(g, 1, 1)).reshape(bg, length, c)
+        k_t = k.transpose(-1, -2).reshape(bg, c, length)
+        if c == 1:  # an outer product: a broadcast multiply is an order of magnitude faster than bmm with K=1
+            logits = q_scaled * k_t
+        else:
+            logits = torch.bmm(q_scaled, k_t)
+
         relative_index = self.relative_index
         relative = self.relative
+        norm_qr = self.norm_qr
+        norm_kr = self.norm_kr
         emb_v = torch.empty(0)
-        if relative is not None and relative_index is not None:
+        if relative is not None and relative_index is not None and norm_qr is not None and norm_kr is not None:
             emb = relative[:, relative_index[:length, :length]]  # (2gp, L, L), [c, i, j] = table[c, i - j + K - 1]
-            emb_q = emb[:c]
-            emb_k = emb[c : 2 * c]
+            emb_q = emb[:c]  # [c, query i, key j]
+            emb_k = emb[c : 2 * c]  # [c, key j, query i]
             emb_v = emb[2 * c :]
-            qr = torch.einsum("bgic,cij->bgij", q, emb_q)
-            kr = torch.einsum("bgjc,cji->bgij", k, emb_k)
-            f_qr = self.f_qr if self.f_qr is not None else one
-            f_kr = self.f_kr if self.f_kr is not None else one
-            norm_qr = self.norm_qr
-            norm_kr = self.norm_kr
-            if norm_qr is not None and norm_kr is not None:
-                logits = logits + qr * self._scale(
-                    qr,
-                    f_qr,
+            q_total, q_total_sq = self._relative_moments(q, emb_q)
+            k_total, k_total_sq = self._relative_moments(k, emb_k)
+            scales = [
+                self._scale(
+                    q_total,
+                    q_total_sq,
+                    count,
+                    self.f_qr if self.f_qr is not None else one,
                     norm_qr.weight,
                     norm_qr.running_mean,
                     norm_qr.running_var,
                     norm_qr.num_batches_tracked,
                     norm_qr.momentum,
                     norm_qr.eps,
-                ).view(g, 1, 1)
-                logits = logits + kr * self._scale(
-                    kr,
-                    f_kr,
+                ),
+                self._scale(
+                    k_total,
+                    k_total_sq,
+                    count,
+                    self.f_kr if self.f_kr is not None else one,
                     norm_kr.weight,
                     norm_kr.running_mean,
                     norm_kr.running_var,
                     norm_kr.num_batches_tracked,
                     norm_kr.momentum,
                     norm_kr.eps,
-                ).view(g, 1, 1)
-        attn = torch.softmax(logits, dim=-1)
+                ),
+            ]
+            # qr[i, j] = sum_c q[c, i] emb_q[c, i, j] and kr[i, j] = sum_c k[c, j] emb_k[c, j, i], accumulated in
+            # place (logits is no view, and no backward needs it). Per channel a broadcast product is one pass over
+            # the logits; for qr with more channels one matmul per query row is cheaper. Keys stay the unit-stride
+            # axis throughout: batching over keys would force copies in the backward pass.
+            q_rows = q * scales[0].view(g, 1, 1)
+            if c <= 2:
+                q_rows = q_rows.reshape(bg, length, 1, c)
+                for channel in range(c):
+                    logits.addcmul_(q_rows[..., channel], emb_q[channel])
+            else:
+                q_rows = q_rows.permute(2, 0, 1, 3).reshape(length, bg, c)
+                logits = logits + torch.bmm(q_rows, emb_q.transpose(0, 1).contiguous()).transpose(0, 1)
+            k_cols = (k * scales[1].view(g, 1, 1)).reshape(bg, 1, length, c)
+            emb_k_t = emb_k.transpose(1, 2)
+            for channel in range(c):
+                logits.addcmul_(k_cols[..., channel], emb_k_t[channel])
+        attn = torch.softmax(logits, dim=-1)  # (B g, L, L)
 
-        sv = torch.bmm(attn.view(batch * g, length, length), v).view(batch, g, length, gp)
-        sv = sv.transpose(1, 2).reshape(batch * length, self.out_channels)
+        # sv[c, i] = sum_j attn[i, j] v[c, j] and sve[c, i] = sum_j attn[i, j] emb_v[c, i, j] (one matmul per query
+        # row), as (B, C, L) for BatchNorm1d. Without autograd they are computed transposed, (channels, queries) =
+        # (channels, keys) @ attn^T, the fast matmul shape for few channels per group; with autograd the plain
+        # form keeps the attention's gradient contiguous for the softmax backward.
+        norm_sve = self.norm_sve
+        sve = torch.empty(0)
+        if torch.is_grad_enabled():
+            sv = torch.bmm(attn, v).view(batch, g, length, gp).permute(0, 1, 3, 2)
+            if norm_sve is not None:
+                sve = torch.bmm(attn.transpose(0, 1), emb_v.permute(1, 2, 0).contiguous())  # (L, B g, gp)
+                sve = sve.view(length, batch, g, gp).permute(1, 2, 3, 0)
+        else:
+            attn_t = attn.transpose(1, 2)
+            sv = torch.bmm(v.transpose(1, 2), attn_t)
+            if norm_sve is not None:
+                sve = torch.bmm(emb_v.permute(1, 0, 2).contiguous(), attn_t.permute(2, 1, 0))  # (L, gp, B g)
+                sve = sve.view(length, gp, batch, g).permute(2, 3, 1, 0)
+        sv = sv.reshape(batch, self.out_channels, length)
         if self.f_sv is not None:
             sv = sv * self.f_sv
-        out = F.batch_norm(
+        out = self._norm_lines(
             sv,
-            self.norm_sv.running_mean,
-            self.norm_sv.running_var,
             self.norm_sv.weight,
             self.norm_sv.bias,
-            self.training,
+            self.norm_sv.running_mean,
+            self.norm_sv.running_var,
+            self.norm_sv.num_batches_tracked,
             self.norm_sv.momentum,
             self.norm_sv.eps,
         )
-        if self.training:
-            self.norm_sv.num_batches_tracked.add_(1)
-        norm_sve = self.norm_sve
-        if norm_sve is not None and relative is not None:
-            sve = torch.einsum("bgij,cij->bigc", attn, emb_v).reshape(batch * length, self.out_channels)
+        if norm_sve is not None:
+            sve = sve.reshape(batch, self.out_channels, length)
             if self.f_sve is not None:
                 sve = sve * self.f_sve
-            out = out + norm_sve(sve)
+            out = out + self._norm_lines(
+                sve,
+                norm_sve.weight,
+                norm_sve.bias,
+                norm_sve.running_mean,
+                norm_sve.running_var,
+                norm_sve.num_batches_tracked,
+                norm_sve.momentum,
+                norm_sve.eps,
+            )
 
-        out = out.view(lead + [length, self.out_channels])
-        out = out.permute(self.from_rows)
+        out = out.view(lead + [self.out_channels, length]).permute(self.from_lines)
         if self.stride > 1:
             if self.spatial_dims == 2:
                 out = F.avg_pool2d(out, self.stride, self.stride)
