@@ -5,6 +5,7 @@ import json
 import logging
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -54,38 +55,57 @@ def image(spatial_dims: int) -> torch.Tensor:
     return torch.randn(1, 1, *[SIZE[spatial_dims]] * spatial_dims)
 
 
-def max_error(model, reference, x: torch.Tensor) -> dict[str, float]:
-    """Max abs error of every output of ``model`` against ``reference``, relative to the largest reference value."""
+def outputs(model, x: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
     with torch.no_grad():
-        ref_mu, ref_sigma = reference.encode(x)
-        z = torch.randn_like(ref_mu)
-        pairs = {
-            "z_mu": (model.encode(x)[0], ref_mu),
-            "z_sigma": (model.encode(x)[1], ref_sigma),
-            "decode": (model.decode(z), reference.decode(z)),
-            "reconstruct": (model.reconstruct(x), reference.reconstruct(x)),
-        }
-    return {name: ((a - b).abs().max() / b.abs().max()).item() for name, (a, b) in pairs.items()}
+        z_mu, z_sigma = model.encode(x)
+        return {"z_mu": z_mu, "z_sigma": z_sigma, "decode": model.decode(z), "reconstruct": model.reconstruct(x)}
+
+
+@dataclass
+class Reference:
+    """A model with an input image, a latent and its outputs on them, computed once."""
+
+    model: torch.nn.Module
+    spatial_dims: int
+    x: torch.Tensor
+    z: torch.Tensor
+    outputs: dict[str, torch.Tensor]
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, spatial_dims: int) -> "Reference":
+        x = image(spatial_dims)
+        with torch.no_grad():
+            z = torch.randn_like(model.encode(x)[0])
+        return cls(model, spatial_dims, x, z, outputs(model, x, z))
+
+
+def max_error(model, reference: Reference) -> dict[str, float]:
+    """Max abs error of every output of ``model`` against ``reference``, relative to the largest reference value."""
+    found = outputs(model, reference.x, reference.z)
+    return {name: ((found[name] - ref).abs().max() / ref.abs().max()).item() for name, ref in reference.outputs.items()}
 
 
 @pytest.fixture(scope="module", params=[2, 3], ids=["2d", "3d"])
-def legacy(request):
-    spatial_dims = request.param
-    return spatial_dims, legacy_model(spatial_dims)
+def legacy(request) -> Reference:
+    return Reference.of(legacy_model(request.param), request.param)
+
+
+@pytest.fixture(scope="module")
+def legacy_2d() -> Reference:
+    return Reference.of(legacy_model(2), 2)
 
 
 @pytest.mark.parametrize("include_fc,use_combined_linear", LAYOUTS)
 def test_converted_checkpoint_reproduces_legacy_outputs_and_monai_core_does_not(
     legacy, include_fc, use_combined_linear
 ):
-    spatial_dims, reference = legacy
-    old = reference.state_dict()
+    spatial_dims = legacy.spatial_dims
+    old = legacy.model.state_dict()
     snapshot = {key: value.clone() for key, value in old.items()}
-    x = image(spatial_dims)
 
     ours = new_model(AutoencoderKL, spatial_dims, include_fc, use_combined_linear)
     ours.load_state_dict(convert_autoencoderkl_state_dict(old, ours))
-    errors = max_error(ours, reference, x)
+    errors = max_error(ours, legacy)
     assert max(errors.values()) <= 1e-5, errors
     assert list(old) == list(snapshot) and all(torch.equal(old[key], snapshot[key]) for key in old)
 
@@ -93,7 +113,7 @@ def test_converted_checkpoint_reproduces_legacy_outputs_and_monai_core_does_not(
     monai_input = dict(old)
     monai.load_old_state_dict(monai_input)  # MONAI pops what it uses out of the dict it is given
     assert len(monai_input) < len(old)
-    monai_errors = max_error(monai, reference, x)
+    monai_errors = max_error(monai, legacy)
     if include_fc or use_combined_linear:
         # proj_attn applied as out_proj, and/or the fused qkv left at its random initialisation
         assert monai_errors["reconstruct"] > 1e-2, monai_errors
@@ -103,9 +123,8 @@ def test_converted_checkpoint_reproduces_legacy_outputs_and_monai_core_does_not(
 
 @pytest.mark.parametrize("use_combined_linear", [False, True])
 def test_out_proj_is_identity_and_proj_attn_is_dropped(legacy, use_combined_linear):
-    spatial_dims, reference = legacy
-    model = new_model(AutoencoderKL, spatial_dims, True, use_combined_linear)
-    converted = convert_autoencoderkl_state_dict(reference.state_dict(), model)
+    model = new_model(AutoencoderKL, legacy.spatial_dims, True, use_combined_linear)
+    converted = convert_autoencoderkl_state_dict(legacy.model.state_dict(), model)
     assert list(converted) == list(model.state_dict())
     out_proj = [key for key in converted if key.endswith("attn.out_proj.weight")]
     assert len(out_proj) == 4
@@ -116,7 +135,7 @@ def test_out_proj_is_identity_and_proj_attn_is_dropped(legacy, use_combined_line
 
 
 def test_proj_attn_applied_reproduces_code_that_applied_it(legacy):
-    spatial_dims, reference = legacy
+    spatial_dims, old = legacy.spatial_dims, legacy.model.state_dict()
 
     def apply_proj_attn(block, inputs, output):
         # what a forward that DID apply proj_attn returns: residual + proj_attn(attention), on the channel axis
@@ -125,22 +144,25 @@ def test_proj_attn_applied_reproduces_code_that_applied_it(legacy):
         return x + block.proj_attn(attention).movedim(-1, 1)
 
     hooks = [
-        module.register_forward_hook(apply_proj_attn) for module in reference.modules() if hasattr(module, "proj_attn")
+        module.register_forward_hook(apply_proj_attn)
+        for module in legacy.model.modules()
+        if hasattr(module, "proj_attn")
     ]
     try:
-        for use_combined_linear in (False, True):
-            model = new_model(AutoencoderKL, spatial_dims, True, use_combined_linear)
-            model.load_old_state_dict(reference.state_dict(), proj_attn_applied=True)
-            assert max(max_error(model, reference, image(spatial_dims)).values()) <= 1e-5
-            model.load_old_state_dict(reference.state_dict())
-            assert max_error(model, reference, image(spatial_dims))["reconstruct"] > 1e-3
+        applied = Reference.of(legacy.model, spatial_dims)
     finally:
         for hook in hooks:
             hook.remove()
+    for use_combined_linear in (False, True):
+        model = new_model(AutoencoderKL, spatial_dims, True, use_combined_linear)
+        model.load_old_state_dict(old, proj_attn_applied=True)
+        assert max(max_error(model, applied).values()) <= 1e-5
+        model.load_old_state_dict(old)
+        assert max_error(model, applied)["reconstruct"] > 1e-3
 
     without_fc = new_model(AutoencoderKL, spatial_dims, include_fc=False)
     with pytest.raises(LegacyCheckpointError, match="(?s)unexpected keys.*attn.out_proj.weight.*include_fc=True"):
-        convert_autoencoderkl_state_dict(reference.state_dict(), without_fc, proj_attn_applied=True)
+        convert_autoencoderkl_state_dict(old, without_fc, proj_attn_applied=True)
 
 
 @pytest.mark.parametrize("source_layout,target_layout", list(itertools.permutations(LAYOUTS, 2)))
@@ -157,7 +179,7 @@ def test_current_format_converts_between_layouts(source_layout, target_layout):
                 torch.nn.init.eye_(module.out_proj.weight)
                 torch.nn.init.zeros_(module.out_proj.bias)
     target.load_state_dict(convert_autoencoderkl_state_dict(source.state_dict(), target))
-    assert max(max_error(target, source, image(2)).values()) <= 1e-5
+    assert max(max_error(target, Reference.of(source, 2)).values()) <= 1e-5
 
 
 def test_same_layout_checkpoint_passes_through_unchanged():
@@ -168,14 +190,13 @@ def test_same_layout_checkpoint_passes_through_unchanged():
     assert all(converted[key] is state[key] for key in state)
 
 
-def test_missing_key_is_an_error_while_monai_core_loads_a_random_conv():
-    reference = legacy_model(2)
-    old = reference.state_dict()
+def test_missing_key_is_an_error_while_monai_core_loads_a_random_conv(legacy_2d):
+    old = legacy_2d.model.state_dict()
     del old["encoder.blocks.0.conv.weight"]
 
     monai = new_model(MonaiAutoencoderKL, 2, include_fc=False)
     monai.load_old_state_dict(dict(old))  # no error: the initial convolution keeps its random weights
-    assert max_error(monai, reference, image(2))["z_mu"] > 1e-2
+    assert max_error(monai, legacy_2d)["z_mu"] > 1e-2
 
     with pytest.raises(LegacyCheckpointError, match=r"missing keys \(1\): encoder\.blocks\.0\.conv\.weight"):
         convert_autoencoderkl_state_dict(old, new_model(AutoencoderKL, 2))
@@ -226,9 +247,8 @@ def test_legacy_convtranspose_checkpoint_is_refused_with_the_reason():
 
 
 @pytest.mark.parametrize("wrap", ["state_dict", "module", "both"])
-def test_wrapped_and_prefixed_checkpoints_load_while_monai_core_fails(wrap, tmp_path):
-    reference = legacy_model(2)
-    old = reference.state_dict()
+def test_wrapped_and_prefixed_checkpoints_load_while_monai_core_fails(wrap, tmp_path, legacy_2d):
+    old = legacy_2d.model.state_dict()
     if wrap in ("module", "both"):
         old = {f"module.{key}": value for key, value in old.items()}
     if wrap in ("state_dict", "both"):
@@ -239,10 +259,11 @@ def test_wrapped_and_prefixed_checkpoints_load_while_monai_core_fails(wrap, tmp_
 
     path = tmp_path / "old.pt"
     torch.save(old, path)
-    for source in (old, path, str(path)):
-        model = new_model(AutoencoderKL, 2)
-        model.load_old_state_dict(source)
-        assert max(max_error(model, reference, image(2)).values()) <= 1e-5
+    model = new_model(AutoencoderKL, 2)
+    model.load_old_state_dict(old)
+    assert max(max_error(model, legacy_2d).values()) <= 1e-5
+    for source in (path, str(path)):
+        assert list(convert_autoencoderkl_state_dict(source, model)) == list(model.state_dict())
 
 
 def test_logs_instead_of_printing(capsys, caplog):
@@ -261,11 +282,10 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_command_line_converts_refuses_to_overwrite_and_reports(tmp_path):
-    reference = legacy_model(3)
+def test_command_line_converts_refuses_to_overwrite_and_reports(tmp_path, legacy_2d):
     src, dst, config = tmp_path / "old.pt", tmp_path / "new.pt", tmp_path / "net.json"
-    torch.save({"state_dict": reference.state_dict()}, src)
-    arguments = {"_target_": "monai_ext.networks.nets.AutoencoderKL", "spatial_dims": 3, "channels": [4, 8]}
+    torch.save({"state_dict": legacy_2d.model.state_dict()}, src)
+    arguments = {"_target_": "monai_ext.networks.nets.AutoencoderKL", "spatial_dims": 2, "num_channels": [4, 8]}
     config.write_text(json.dumps({**arguments, **ARCHITECTURE, "use_combined_linear": True}))
 
     result = run_cli("--src", str(src), "--dst", str(dst), "--config", str(config))
@@ -273,9 +293,9 @@ def test_command_line_converts_refuses_to_overwrite_and_reports(tmp_path):
     assert "source format: MONAI Generative Models (legacy)" in result.stdout
     assert "use_combined_linear=True" in result.stdout
     assert "proj_attn dropped (never applied by the legacy forward): yes, in 4 attention blocks" in result.stdout
-    model = new_model(AutoencoderKL, 3, use_combined_linear=True)
+    model = new_model(AutoencoderKL, 2, use_combined_linear=True)
     model.load_state_dict(torch.load(dst, weights_only=True))
-    assert max(max_error(model, reference, image(3)).values()) <= 1e-5
+    assert max(max_error(model, legacy_2d).values()) <= 1e-5
     written = dst.read_bytes()
 
     result = run_cli("--src", str(src), "--dst", str(dst), "--config", str(config))
