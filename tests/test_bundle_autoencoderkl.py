@@ -1,0 +1,98 @@
+"""bundles/autoencoderkl_3d through the real ``python -m monai.bundle`` CLI, on copies under tmp_path."""
+
+import csv
+import re
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from bundle_cli import config_files, copy_bundle, run_cli
+
+from monai_ext.bundle import datalist
+
+pytestmark = pytest.mark.slow
+
+NAME = "autoencoderkl_3d"
+TINY = ["--roi_size", "[16,16,16]", "--pixdim", "[4.0,4.0,4.0]", "--network_def#channels", "[8,8]"]
+# a legacy-style architecture with attention, so the conversion has keys to rename
+ATTENTION = ["--network_def#attention_levels", "[False,True]", "--network_def#with_decoder_nonlocal_attn", "True"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A bundle copy trained for one epoch with the adversarial term on, on its default (synthetic) data."""
+    root = tmp_path_factory.mktemp("aekl")
+    bundle = copy_bundle(NAME, root)
+    args = ["--train#trainer#max_epochs", "1", "--val_interval", "1", "--adversarial_weight", "0.1"]
+    done = run_cli(["run", "--config_file", config_files(bundle, ["train.json"]), *TINY, *args], root)
+    return bundle, done
+
+
+def test_train_with_the_adversarial_term_logs_and_saves(trained):
+    bundle, done = trained
+    assert (bundle / "models" / "model.pt").is_file()
+    assert re.search(r"discriminator_loss: \d", done.stdout) and re.search(r"val_psnr: \d", done.stdout)
+    assert len(list((bundle / "eval" / "previews").glob("*_epoch001.png"))) == 1
+    assert list((bundle / "eval" / "runs").glob("events.out.tfevents.*"))
+    state = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    assert not any("discriminator" in key for key in state)
+
+
+def test_inference_writes_reconstructions_in_input_space_and_per_case_error(trained):
+    bundle, _ = trained
+    done = run_cli(["run", "--config_file", config_files(bundle, ["inference.json"]), *TINY], bundle.parent)
+    cases = datalist.inference_datalist(bundle / "dataset")
+    for case in cases:
+        name = case["image"].rsplit("/", 1)[1].removesuffix(".nii.gz")
+        image, recon = nib.load(case["image"]), nib.load(bundle / "outputs" / f"{name}_recon.nii.gz")
+        assert recon.shape == image.shape
+        np.testing.assert_allclose(recon.affine, image.affine, atol=1e-5)
+        assert (bundle / "outputs" / f"{name}.png").is_file()
+    with open(bundle / "outputs" / "recon_mae_raw.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["filename"] for r in rows] == [c["image"] for c in cases]
+    errors = [float(r["mean"]) for r in rows]
+    assert all(0.0 < e < 1.0 for e in errors)
+    printed = float(re.search(r"recon_mae: ([0-9.]+)", done.stdout).group(1))
+    assert printed == pytest.approx(np.mean(errors), abs=1e-3)
+
+
+def test_legacy_checkpoint_converts_and_runs_through_inference(tmp_path):
+    from generative.networks.nets import AutoencoderKL as LegacyAutoencoderKL
+    from monai.bundle import ConfigParser
+
+    bundle = copy_bundle(NAME, tmp_path)
+    legacy = LegacyAutoencoderKL(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=1,
+        num_res_blocks=1,
+        num_channels=(8, 8),
+        attention_levels=(False, True),
+        latent_channels=3,
+        norm_num_groups=8,
+        with_encoder_nonlocal_attn=False,
+        with_decoder_nonlocal_attn=True,
+    ).eval()
+    (bundle / "models").mkdir()
+    torch.save(legacy.state_dict(), bundle / "models" / "legacy_autoencoderkl.pt")
+    saved_before = (bundle / "models" / "legacy_autoencoderkl.pt").read_bytes()
+
+    files = config_files(bundle, ["inference.json", "convert_legacy.json"])
+    run_cli(["run", "--config_file", files, *TINY, *ATTENTION], tmp_path)
+    assert (bundle / "models" / "legacy_autoencoderkl.pt").read_bytes() == saved_before
+
+    parser = ConfigParser()
+    parser.read_config([bundle / "configs" / "inference.json", bundle.parents[1] / "configs" / "bundle_common.json"])
+    parser.update({"network_def#channels": [8, 8], "network_def#attention_levels": [False, True]})
+    parser.update({"network_def#with_decoder_nonlocal_attn": True})
+    ours = parser.get_parsed_content("network_def")
+    ours.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
+    x = torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval().reconstruct(x), legacy.reconstruct(x), rtol=1e-4, atol=1e-5)
+
+    run_cli(["run", "--config_file", config_files(bundle, ["inference.json"]), *TINY, *ATTENTION], tmp_path)
+    expected = len(datalist.inference_datalist(bundle / "dataset"))
+    assert len(list((bundle / "outputs").glob("*_recon.nii.gz"))) == expected
