@@ -1,0 +1,251 @@
+"""bundles/medt_segmentation_3d through the real ``python -m monai.bundle`` CLI, on copies under tmp_path."""
+
+import csv
+import json
+import re
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from bundle_cli import REPO_ROOT, config_files, copy_bundle, run_cli
+
+from monai_ext.bundle import datalist
+
+pytestmark = pytest.mark.slow
+
+NAME = "medt_segmentation_3d"
+# 4 mm voxels make the synthetic volumes 18 x 15 x 15, smaller than the 16^3 ROI on two axes
+TINY = ["--roi_size", "[16,16,16]", "--pixdim", "[4.0,4.0,4.0]"]
+TINY_TRAIN = TINY + ["--train#trainer#max_epochs", "1", "--val_interval", "1", "--num_samples", "1"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A bundle copy trained for one epoch on its default (synthetic) data, run from an unrelated cwd."""
+    root = tmp_path_factory.mktemp("medt")
+    bundle = copy_bundle(NAME, root)
+    elsewhere = root / "elsewhere"
+    done = run_cli(
+        ["run", "--config_file", config_files(bundle, ["train.json"], cwd=elsewhere), *TINY_TRAIN], elsewhere
+    )
+    return bundle, done
+
+
+def _network(bundle, *overrides):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([bundle / "configs" / "train.json", bundle.parents[1] / "configs" / "bundle_common.json"])
+    parser.update({"bundle_root": str(bundle), "roi_size": [16, 16, 16], **dict(overrides)})
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
+    return network.eval()
+
+
+def test_train_from_another_cwd_fills_default_data_and_writes_model_previews_and_events(trained):
+    bundle, done = trained
+    assert not any((bundle.parents[1] / "elsewhere").iterdir()), "nothing may be written to the cwd"
+    assert (bundle / "dataset" / "dataset.json").is_file()
+    validation = datalist.validation_datalist(bundle / "dataset")
+    first_case = validation[0]["image"].rsplit("/", 1)[1].removesuffix(".nii.gz")
+    assert (bundle / "eval" / "previews" / f"{first_case}_epoch001.png").read_bytes()[:4] == b"\x89PNG"
+    assert list((bundle / "eval" / "runs").glob("events.out.tfevents.*"))
+    assert re.search(r"train_loss: \d", done.stdout) and re.search(r"val_mean_dice: \d", done.stdout)
+    state = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    assert state["head.weight"].shape[0] == 4  # four labels in the synthetic dataset.json
+
+
+def test_evaluate_writes_per_case_dice_and_prints_the_mean(trained):
+    bundle, _ = trained
+    done = run_cli(
+        ["run", "--config_file", config_files(bundle, ["train.json", "evaluate.json"]), *TINY], bundle.parent
+    )
+    with open(bundle / "eval" / "val_mean_dice_raw.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["filename"] for r in rows] == [c["image"] for c in datalist.validation_datalist(bundle / "dataset")]
+    per_case = [float(r["mean"]) for r in rows]
+    assert all(0.0 <= d <= 1.0 for d in per_case)
+    printed = float(re.search(r"val_mean_dice: ([0-9.]+)", done.stdout).group(1))
+    assert printed == pytest.approx(np.mean(per_case), abs=1e-3)
+
+
+def _check_prediction(source, prediction, num_classes):
+    image, seg = nib.load(source), nib.load(prediction)
+    assert seg.shape == image.shape
+    np.testing.assert_allclose(seg.affine, image.affine, atol=1e-5)
+    assert set(np.unique(np.asarray(seg.dataobj))) <= set(range(num_classes))
+
+
+def test_inference_segments_the_test_list_in_the_input_space(trained):
+    bundle, _ = trained
+    run_cli(["run", "--config_file", config_files(bundle, ["inference.json"]), *TINY], bundle.parent)
+    for case in datalist.inference_datalist(bundle / "dataset"):
+        name = case["image"].rsplit("/", 1)[1].removesuffix(".nii.gz")
+        _check_prediction(case["image"], bundle / "outputs" / f"{name}_seg.nii.gz", 4)
+        assert (bundle / "outputs" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_inference_on_any_folder_with_a_small_oblique_anisotropic_image(trained, tmp_path):
+    bundle, _ = trained
+    angle = np.deg2rad(30.0)
+    affine = np.eye(4)
+    affine[:3, :3] = np.array(
+        [[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]]
+    ) @ np.diag([0.9, 3.5, 2.2])
+    images = tmp_path / "my images"
+    images.mkdir()
+    volume = np.random.default_rng(0).normal(100, 20, (10, 9, 7)).astype(np.float32)
+    nib.save(nib.Nifti1Image(volume, affine), images / "tiny_case.nii.gz")
+    out = tmp_path / "predictions"
+    run_cli(
+        [
+            "run",
+            "--config_file",
+            config_files(bundle, ["inference.json"]),
+            *TINY,
+            "--image_dir",
+            images,
+            "--output_dir",
+            out,
+        ],
+        tmp_path,
+    )
+    _check_prediction(images / "tiny_case.nii.gz", out / "tiny_case_seg.nii.gz", 4)
+    assert (out / "tiny_case.png").is_file()
+
+
+def test_torchscript_export_runs_without_monai_ext_and_matches_eager(trained, tmp_path):
+    bundle, _ = trained
+    ts_file = tmp_path / "model.ts"
+    run_cli(
+        [
+            "ckpt_export",
+            "network_def",
+            "--filepath",
+            ts_file,
+            "--ckpt_file",
+            bundle / "models" / "model.pt",
+            "--meta_file",
+            bundle / "configs" / "metadata.json",
+            "--config_file",
+            config_files(bundle, ["train.json"]),
+            "--roi_size",
+            "[16,16,16]",
+        ],
+        tmp_path,
+    )
+    x = torch.rand(1, 1, 16, 16, 16)
+    torch.save(x, tmp_path / "x.pt")
+    script = (
+        "import sys, torch\n"
+        "sys.modules['monai_ext'] = None\n"
+        "try:\n    import monai_ext\nexcept ImportError:\n    pass\n"
+        "else:\n    raise SystemExit('monai_ext importable')\n"
+        "extra = {'metadata.json': ''}\n"
+        f"model = torch.jit.load({str(ts_file)!r}, _extra_files=extra)\n"
+        "assert b'MedT' in extra['metadata.json'], 'metadata missing from the export'\n"
+        f"torch.save(model(torch.load({str(tmp_path / 'x.pt')!r})), {str(tmp_path / 'y.pt')!r})\n"
+    )
+    subprocess.run([sys.executable, "-I", "-c", script], check=True, cwd=tmp_path, timeout=300)
+    with torch.no_grad():
+        expected = _network(bundle)(x)
+    torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_verify_net_in_out(trained):
+    bundle, _ = trained
+    done = run_cli(
+        [
+            "verify_net_in_out",
+            "network_def",
+            "--meta_file",
+            bundle / "configs" / "metadata.json",
+            "--config_file",
+            config_files(bundle, ["train.json"]),
+            "--device",
+            "cpu",
+        ],
+        bundle.parent,
+    )
+    assert "data shape of network is verified with no error" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("name", ["medt_segmentation_3d", "autoencoderkl_3d"])
+def test_verify_metadata_offline(name, tmp_path):
+    meta = REPO_ROOT / "bundles" / name / "configs" / "metadata.json"
+    schema = REPO_ROOT.parent / "shared" / "schema" / "meta_schema_20240725.json"
+    assert json.loads(meta.read_text())["schema"].endswith("/meta_schema_20240725.json")
+    done = run_cli(["verify_metadata", "--meta_file", meta, "--filepath", schema], tmp_path)
+    assert "metadata is verified with no error" in done.stdout + done.stderr
+
+
+def _tiny_msd(root, with_validation):
+    """Two cubes (labels 1, 2) in anisotropic volumes; dataset.json declares three classes.
+
+    With a validation list: 3 training cases and 1 validation case. Without: 6 training cases, which the split turns
+    into 4 + 2, so both DDP ranks get a validation case.
+    """
+    rng = np.random.default_rng(1)
+    affine = np.diag([1.2, 1.2, 2.5, 1.0])
+    cases = []
+    for i in range(4 if with_validation else 6):
+        label = np.zeros((20, 18, 12), np.uint8)
+        label[2 + i : 9 + i, 3:10, 2:7] = 1
+        label[11:17, 9 - i : 15 - i, 5:10] = 2
+        image = (label * 300.0 + rng.normal(0, 30, label.shape)).astype(np.float32)
+        for sub, data in (("imagesTr", image), ("labelsTr", label)):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(data, affine), root / sub / f"lab_{i}.nii.gz")
+        cases.append({"image": f"./imagesTr/lab_{i}.nii.gz", "label": f"./labelsTr/lab_{i}.nii.gz"})
+    content = {"labels": {"0": "background", "1": "cube a", "2": "cube b"}, "training": cases[:3]}
+    if with_validation:
+        content["validation"] = cases[3:]
+    else:
+        content["training"] = cases
+    (root / "dataset.json").write_text(json.dumps(content))
+    return root
+
+
+def test_own_data_with_a_validation_list_sets_classes_from_labels(tmp_path):
+    bundle = copy_bundle(NAME, tmp_path)
+    data = _tiny_msd(tmp_path / "my data", with_validation=True)
+    common = [*TINY, "--dataset_dir", data]
+    run_cli(["run", "--config_file", config_files(bundle, ["train.json"]), *TINY_TRAIN[4:], *common], tmp_path)
+    assert torch.load(bundle / "models" / "model.pt", weights_only=True)["head.weight"].shape[0] == 3
+    run_cli(["run", "--config_file", config_files(bundle, ["train.json", "evaluate.json"]), *common], tmp_path)
+    with open(bundle / "eval" / "val_mean_dice_raw.csv") as f:
+        assert [r["filename"] for r in csv.DictReader(f)] == [str(data / "imagesTr" / "lab_3.nii.gz")]
+    assert not (bundle / "dataset").exists(), "the synthetic default must not be written when dataset_dir is set"
+
+
+def test_multi_gpu_train_under_torchrun_on_cpu_with_a_class_override(tmp_path):
+    bundle = copy_bundle(NAME, tmp_path)
+    data = _tiny_msd(tmp_path / "data", with_validation=False)
+    files = config_files(
+        bundle, ["train.json", "multi_gpu_train.json"], shared=["bundle_common.json", "bundle_multi_gpu.json"]
+    )
+    done = run_cli(
+        [
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            files,
+            *TINY_TRAIN,
+            "--dataset_dir",
+            data,
+            "--num_classes",
+            "5",
+        ],
+        tmp_path,
+        module=("-m", "torch.distributed.run"),
+    )
+    assert torch.load(bundle / "models" / "model.pt", weights_only=True)["head.weight"].shape[0] == 5
+    writers = {p.name.split(".")[4] for p in (bundle / "eval" / "runs").glob("events.out.tfevents.*")}
+    assert len(writers) == 1, "only rank 0 writes TensorBoard events"
+    assert done.stdout.count("val_mean_dice best value") == 1, "only rank 0 logs validation"
