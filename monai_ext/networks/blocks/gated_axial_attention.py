@@ -21,9 +21,13 @@ class GatedAxialAttention(nn.Module):
 
     - The additive BatchNorm terms of the similarity (shift and bias) are constant along each softmax row, so they
       cannot change the attention and are not computed; the three scales are folded into ``q`` and ``k`` before the
-      products, so no ``L x L`` map is normalised, concatenated or summed. In train mode the batch variances are
-      taken from the maps and the running statistics update as BatchNorm's do. Consequently the similarity
-      BatchNorms' biases receive no gradient (it would be zero in the straightforward form too).
+      products, so no ``L x L`` map is normalised or concatenated. In train mode the batch variance of each map
+      is computed exactly (float64) from ``L``-sized moments of ``q``, ``k`` and the table, without the map, and
+      the running statistics update as BatchNorm's do. Consequently the similarity BatchNorms' biases receive no
+      gradient (``None``; it is zero up to rounding in the straightforward form).
+    - The similarity BatchNorms are held as three modules (``norm_qk``, ``norm_qr``, ``norm_kr``) and the output
+      BatchNorm as two (``norm_sv``, ``norm_sve``); :func:`monai_ext.legacy.convert_medt_state_dict` splits the
+      original's combined ones.
     - The gates multiply *before* BatchNorm, as in the original code, so in eval mode their effect is cancelled by
       the running statistics and in train mode almost entirely by the batch statistics. The order is kept so that
       checkpoints of the original behave identically; see :meth:`set_gates_trainable`.
