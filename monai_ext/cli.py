@@ -1,7 +1,7 @@
 """Command-line interface: ``python -m monai_ext COMMAND --help``.
 
-Each command is a plain function imported lazily, so ``--help`` stays fast and a command's heavy imports are only paid
-when it runs.
+Each command is a plain function named here as "module:function" and imported only when the command line starts, so
+``import monai_ext`` never pays for the command modules.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def versions() -> str:
     return json.dumps(found, indent=1)
 
 
-def _lazy(target: str) -> Callable[..., Any]:
+def _resolve(target: str) -> Callable[..., Any]:
     module_name, func_name = target.split(":")
     return getattr(importlib.import_module(module_name), func_name)
 
@@ -51,4 +51,4 @@ def main() -> None:
     """Run the ``monai_ext`` command line."""
     import fire
 
-    fire.Fire({name: _lazy(target) for name, target in COMMANDS.items()}, name="monai_ext")
+    fire.Fire({name: _resolve(target) for name, target in COMMANDS.items()}, name="monai_ext")
