@@ -43,6 +43,7 @@ __all__ = [
     "read_manifest",
     "record_sha256",
     "save_checkpoint",
+    "verified",
     "verify_sha256",
 ]
 
@@ -209,6 +210,17 @@ def verify_sha256(path: str | os.PathLike) -> str:
             f"recorded {record['sha256']}, found {digest}"
         )
     return digest
+
+
+def verified(obj: Any, path: str | os.PathLike) -> Any:
+    """Return ``obj`` once ``path`` matches its recorded SHA-256; for configs, e.g. the network that
+    ``python -m monai.bundle ckpt_export`` loads ``path`` into, which MONAI loads without any hash check.
+
+    Raises:
+        FileNotFoundError, CheckpointIntegrityError: as :func:`verify_sha256`.
+    """
+    verify_sha256(path)
+    return obj
 
 
 def _unsafe(path: str | os.PathLike, err: Exception) -> UnsafeCheckpointError:
