@@ -4,7 +4,8 @@ The archive holds what a bundle needs to run (configs, docs, license, model file
 manifest with the SHA-256 of every file and the package versions it was made with. Run outputs, training
 checkpoints, caches, logs, TensorBoard runs and datasets are left out. Unpacking refuses path traversal (``..``,
 absolute paths), links and any file whose hash differs, extracts into a fresh directory only once everything checks
-out, audits the configs (:mod:`monai_ext.bundle.audit`) and says what to install.
+out, audits the configs (:mod:`monai_ext.bundle.audit`) and says what to install and how to run it. Shared config
+layers the bundle runs with (``configs/bundle_*.json`` of a bundle collection) are shipped in its ``configs/``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -25,7 +27,17 @@ from typing import Any
 from monai_ext.bundle.audit import audit_bundle, format_report
 from monai_ext.bundle.checkpoint import SHA256_MANIFEST, atomic_write, read_manifest, verify_sha256
 
-__all__ = ["PACKAGE_MANIFEST", "PackageError", "install_instructions", "pack", "pack_bundle", "unpack", "unpack_bundle"]
+__all__ = [
+    "PACKAGE_MANIFEST",
+    "PackageError",
+    "find_shared_configs",
+    "install_instructions",
+    "pack",
+    "pack_bundle",
+    "run_command",
+    "unpack",
+    "unpack_bundle",
+]
 
 PACKAGE_MANIFEST = "MONAI_EXT_PACKAGE.json"
 FORMAT = "monai_ext-bundle-package/1"
@@ -37,6 +49,9 @@ EXCLUDED_NAMES = (
 )  # fmt: skip
 # Distribution name -> what a receiving lab installs (names as pip knows them).
 PACKAGES = ("monai-ext", "monai", "torch", "pytorch-ignite", "numpy", "nibabel")
+# Shared config layers that bundles of a collection are run with (see find_shared_configs).
+SHARED_COMMON = "bundle_common.json"
+SHARED_PATTERN = "bundle_*.json"
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest a zip can store; fixed so the same bundle gives the same archive
 
 
@@ -79,8 +94,30 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def pack_bundle(bundle_dir: str | os.PathLike, out_zip: str | os.PathLike) -> dict[str, Any]:
+def find_shared_configs(bundle_dir: str | os.PathLike) -> list[Path]:
+    """Return the shared config layers of a bundle collection: ``configs/bundle_*.json`` of the nearest folder above
+    ``bundle_dir`` that holds ``configs/bundle_common.json`` (this repository keeps them at its root), else ``[]``.
+    """
+    for parent in Path(bundle_dir).resolve().parents:
+        if (parent / "configs" / SHARED_COMMON).is_file():
+            return sorted((parent / "configs").glob(SHARED_PATTERN))
+    return []
+
+
+def run_command(bundle_dir: str | os.PathLike) -> str:
+    """Return the train command of an unpacked bundle: its ``train.json``, then ``bundle_common.json`` if shipped."""
+    config_dir = Path(bundle_dir).resolve() / "configs"
+    files = [str(config_dir / name) for name in ("train.json", SHARED_COMMON) if (config_dir / name).is_file()]
+    return f'python -m monai.bundle run --config_file "{files}"'
+
+
+def pack_bundle(
+    bundle_dir: str | os.PathLike, out_zip: str | os.PathLike, shared_configs: Sequence[str | os.PathLike] | None = None
+) -> dict[str, Any]:
     """Write ``out_zip`` holding the bundle's configs, docs, license, models and scripts plus a hash manifest.
+
+    The shared config layers the bundle runs with are copied into the archive's ``configs/``, so the unpacked
+    bundle runs on its own: ``--config_file "['configs/train.json','configs/bundle_common.json']"``.
 
     Model files with a SHA-256 record (``models/sha256_manifest.json``) are verified first, so a corrupt or replaced
     model is never shipped.
@@ -88,13 +125,16 @@ def pack_bundle(bundle_dir: str | os.PathLike, out_zip: str | os.PathLike) -> di
     Args:
         bundle_dir: the bundle root (holding ``configs/``).
         out_zip: the archive to write (atomically; an existing file is replaced).
+        shared_configs: config files from outside the bundle to ship in its ``configs/``; ``None``: those that
+            :func:`find_shared_configs` finds.
 
     Returns:
         The manifest written into the archive: ``format``, ``bundle``, ``versions`` and ``files`` (path -> SHA-256).
 
     Raises:
         FileNotFoundError: ``bundle_dir/configs`` does not exist.
-        PackageError: the bundle holds a link where files are packed.
+        PackageError: the bundle holds a link where files are packed, or a shared config has the name of one of
+            the bundle's configs.
         CheckpointIntegrityError: a model file differs from its recorded SHA-256.
     """
     root = Path(bundle_dir).resolve()
@@ -105,6 +145,11 @@ def pack_bundle(bundle_dir: str | os.PathLike, out_zip: str | os.PathLike) -> di
         if relative.name in read_manifest((root / relative).parent) and relative.parts[0] == "models":
             verify_sha256(root / relative)
     contents = {relative: (root / relative).read_bytes() for relative in files}
+    for path in find_shared_configs(root) if shared_configs is None else map(Path, shared_configs):
+        relative = PurePosixPath("configs", path.name)
+        if relative in contents:
+            raise PackageError(f"{path}: shared config has the name of the bundle's own {root / relative}")
+        contents[relative] = path.read_bytes()
     manifest = {
         "format": FORMAT,
         "bundle": root.name,
@@ -239,14 +284,18 @@ def install_instructions(manifest: dict[str, Any], bundle_metadata: dict[str, An
     return f"made with Python {python}; install the same versions with:\n  pip install {' '.join(pins)}"
 
 
-def pack(bundle_dir: str, out_zip: str) -> str:
+def pack(bundle_dir: str, out_zip: str, shared_configs: str | Sequence[str] | None = None) -> str:
     """Pack a bundle (configs, docs, license, models, scripts) into a zip with SHA-256 hashes and package versions.
 
     Args:
         bundle_dir: the bundle root, holding configs/.
         out_zip: the archive to write.
+        shared_configs: config files from outside the bundle to ship in its configs/ (comma-separated or a list);
+            default: configs/bundle_*.json of the nearest folder above the bundle holding configs/bundle_common.json.
     """
-    manifest = pack_bundle(bundle_dir, out_zip)
+    if isinstance(shared_configs, str):
+        shared_configs = [p for p in shared_configs.split(",") if p]
+    manifest = pack_bundle(bundle_dir, out_zip, shared_configs)
     listing = "\n".join(f"  {name}" for name in manifest["files"])
     return f"pack: wrote {out_zip} with {len(manifest['files'])} files:\n{listing}"
 
@@ -275,6 +324,7 @@ def unpack(zip_path: str, dest: str, strict: bool = False) -> str:
             f"unpack: {len(manifest['files'])} files verified into {dest}",
             format_report(items),
             install_instructions(manifest, bundle_metadata if isinstance(bundle_metadata, dict) else None),
+            f"train it with:\n  {run_command(dest)}",
         ]
     )
     if strict and any(item.flags for item in items):
