@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+import nibabel as nib
+import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,3 +44,30 @@ def run_cli(args: Sequence[str], cwd: Path, module: Sequence[str] = ("-m", "mona
             f"exit {done.returncode}: {args}\nSTDOUT:\n{done.stdout[-4000:]}\nSTDERR:\n{done.stderr[-6000:]}"
         )
     return done
+
+
+def tiny_msd(root, with_validation):
+    """Two cubes (labels 1, 2) in anisotropic volumes; dataset.json declares three classes.
+
+    With a validation list: 3 training cases and 1 validation case. Without: 6 training cases, which the split turns
+    into 4 + 2, so both DDP ranks get a validation case.
+    """
+    rng = np.random.default_rng(1)
+    affine = np.diag([1.2, 1.2, 2.5, 1.0])
+    cases = []
+    for i in range(4 if with_validation else 6):
+        label = np.zeros((20, 18, 12), np.uint8)
+        label[2 + i : 9 + i, 3:10, 2:7] = 1
+        label[11:17, 9 - i : 15 - i, 5:10] = 2
+        image = (label * 300.0 + rng.normal(0, 30, label.shape)).astype(np.float32)
+        for sub, data in (("imagesTr", image), ("labelsTr", label)):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(data, affine), root / sub / f"lab_{i}.nii.gz")
+        cases.append({"image": f"./imagesTr/lab_{i}.nii.gz", "label": f"./labelsTr/lab_{i}.nii.gz"})
+    content = {"labels": {"0": "background", "1": "cube a", "2": "cube b"}, "training": cases[:3]}
+    if with_validation:
+        content["validation"] = cases[3:]
+    else:
+        content["training"] = cases
+    (root / "dataset.json").write_text(json.dumps(content))
+    return root

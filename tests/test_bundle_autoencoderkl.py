@@ -10,6 +10,7 @@ import torch
 from bundle_cli import config_files, copy_bundle, run_cli
 
 from monai_ext.bundle import datalist
+from monai_ext.bundle.checkpoint import load_checkpoint, verify_sha256
 
 pytestmark = pytest.mark.slow
 
@@ -37,6 +38,10 @@ def test_train_with_the_adversarial_term_logs_and_saves(trained):
     assert list((bundle / "eval" / "runs").glob("events.out.tfevents.*"))
     state = torch.load(bundle / "models" / "model.pt", weights_only=True)
     assert not any("discriminator" in key for key in state)
+    verify_sha256(bundle / "models" / "model.pt")
+    # the resumable training state carries the discriminator and its optimizer besides the shared entries
+    resumable = load_checkpoint(bundle / "models" / "checkpoint_epoch=1.pt")
+    assert {"discriminator", "discriminator_optimizer", "network", "optimizer", "best_metric"} <= set(resumable)
 
 
 def test_inference_writes_reconstructions_in_input_space_and_per_case_error(trained):
@@ -82,6 +87,7 @@ def test_legacy_checkpoint_converts_and_runs_through_inference(tmp_path):
     files = config_files(bundle, ["inference.json", "convert_legacy.json"])
     run_cli(["run", "--config_file", files, *TINY, *ATTENTION], tmp_path)
     assert (bundle / "models" / "legacy_autoencoderkl.pt").read_bytes() == saved_before
+    verify_sha256(bundle / "models" / "model.pt")  # so that inference's checked loader accepts it
 
     parser = ConfigParser()
     parser.read_config([bundle / "configs" / "inference.json", bundle.parents[1] / "configs" / "bundle_common.json"])

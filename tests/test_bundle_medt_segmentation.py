@@ -10,9 +10,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_cli import REPO_ROOT, config_files, copy_bundle, run_cli
+from bundle_cli import REPO_ROOT, config_files, copy_bundle, run_cli, tiny_msd
 
 from monai_ext.bundle import datalist
+from monai_ext.bundle.checkpoint import load_checkpoint, verify_sha256
 
 pytestmark = pytest.mark.slow
 
@@ -182,36 +183,9 @@ def test_verify_metadata_offline(name, tmp_path):
     assert "metadata is verified with no error" in done.stdout + done.stderr
 
 
-def _tiny_msd(root, with_validation):
-    """Two cubes (labels 1, 2) in anisotropic volumes; dataset.json declares three classes.
-
-    With a validation list: 3 training cases and 1 validation case. Without: 6 training cases, which the split turns
-    into 4 + 2, so both DDP ranks get a validation case.
-    """
-    rng = np.random.default_rng(1)
-    affine = np.diag([1.2, 1.2, 2.5, 1.0])
-    cases = []
-    for i in range(4 if with_validation else 6):
-        label = np.zeros((20, 18, 12), np.uint8)
-        label[2 + i : 9 + i, 3:10, 2:7] = 1
-        label[11:17, 9 - i : 15 - i, 5:10] = 2
-        image = (label * 300.0 + rng.normal(0, 30, label.shape)).astype(np.float32)
-        for sub, data in (("imagesTr", image), ("labelsTr", label)):
-            (root / sub).mkdir(parents=True, exist_ok=True)
-            nib.save(nib.Nifti1Image(data, affine), root / sub / f"lab_{i}.nii.gz")
-        cases.append({"image": f"./imagesTr/lab_{i}.nii.gz", "label": f"./labelsTr/lab_{i}.nii.gz"})
-    content = {"labels": {"0": "background", "1": "cube a", "2": "cube b"}, "training": cases[:3]}
-    if with_validation:
-        content["validation"] = cases[3:]
-    else:
-        content["training"] = cases
-    (root / "dataset.json").write_text(json.dumps(content))
-    return root
-
-
 def test_own_data_with_a_validation_list_sets_classes_from_labels(tmp_path):
     bundle = copy_bundle(NAME, tmp_path)
-    data = _tiny_msd(tmp_path / "my data", with_validation=True)
+    data = tiny_msd(tmp_path / "my data", with_validation=True)
     common = [*TINY, "--dataset_dir", data]
     run_cli(["run", "--config_file", config_files(bundle, ["train.json"]), *TINY_TRAIN[4:], *common], tmp_path)
     assert torch.load(bundle / "models" / "model.pt", weights_only=True)["head.weight"].shape[0] == 3
@@ -223,7 +197,7 @@ def test_own_data_with_a_validation_list_sets_classes_from_labels(tmp_path):
 
 def test_multi_gpu_train_under_torchrun_on_cpu_with_a_class_override(tmp_path):
     bundle = copy_bundle(NAME, tmp_path)
-    data = _tiny_msd(tmp_path / "data", with_validation=False)
+    data = tiny_msd(tmp_path / "data", with_validation=False)
     files = config_files(
         bundle, ["train.json", "multi_gpu_train.json"], shared=["bundle_common.json", "bundle_multi_gpu.json"]
     )
@@ -249,3 +223,11 @@ def test_multi_gpu_train_under_torchrun_on_cpu_with_a_class_override(tmp_path):
     writers = {p.name.split(".")[4] for p in (bundle / "eval" / "runs").glob("events.out.tfevents.*")}
     assert len(writers) == 1, "only rank 0 writes TensorBoard events"
     assert done.stdout.count("val_mean_dice best value") == 1, "only rank 0 logs validation"
+    # one writer: the best model and the resumable state, each recorded once, no temporary leftovers
+    assert sorted(p.name for p in (bundle / "models").iterdir()) == [
+        "checkpoint_epoch=1.pt",
+        "model.pt",
+        "sha256_manifest.json",
+    ]
+    verify_sha256(bundle / "models" / "model.pt")
+    assert load_checkpoint(bundle / "models" / "checkpoint_epoch=1.pt")["trainer"]["max_epochs"] == 1

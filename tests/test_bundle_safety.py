@@ -1,0 +1,135 @@
+"""The real bundles with the safety layer of configs/bundle_common.json, through ``python -m monai.bundle``.
+
+Data checked before the first epoch (``skip_bad``), the best model saved with its SHA-256 and verified by evaluate
+and export, the ``resume`` switch, and a pack/unpack round trip that reproduces the original's results.
+"""
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from bundle_cli import config_files, copy_bundle, run_cli, tiny_msd
+
+from monai_ext.bundle.audit import audit_bundle
+from monai_ext.bundle.checkpoint import load_checkpoint, verify_sha256
+from monai_ext.bundle.packaging import PackageError, pack_bundle, run_command, unpack, unpack_bundle
+
+pytestmark = pytest.mark.slow
+
+NAME = "medt_segmentation_3d"
+TINY = ["--roi_size", "[16,16,16]", "--pixdim", "[4.0,4.0,4.0]"]
+TRAIN_2 = TINY + ["--train#trainer#max_epochs", "2", "--val_interval", "1", "--num_samples", "1"]
+
+
+def _fails(args, cwd):
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True
+    )
+    assert done.returncode != 0, done.stdout[-2000:]
+    return done.stdout + done.stderr
+
+
+def _truncate(path):
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+
+
+def _mean_dice(bundle):
+    with open(bundle / "eval" / "val_mean_dice_raw.csv") as f:
+        return [row["mean"] for row in csv.DictReader(f)]
+
+
+def test_training_stops_before_the_first_epoch_on_a_corrupt_case(tmp_path):
+    bundle = copy_bundle(NAME, tmp_path)
+    data = tiny_msd(tmp_path / "data", with_validation=True)
+    _truncate(data / "labelsTr" / "lab_1.nii.gz")
+    (data / "imagesTr" / "lab_2.nii.gz").unlink()
+    files = config_files(bundle, ["train.json"])
+    log = _fails(["run", "--config_file", files, *TRAIN_2, "--dataset_dir", data], tmp_path)
+    # both problems in one report, each naming its file
+    assert f"{data / 'labelsTr' / 'lab_1.nii.gz'}: label is not a readable NIfTI file" in log
+    assert str(data / "imagesTr" / "lab_2.nii.gz") in log and "2 of 4 cases have problems" in log
+    assert "Epoch[1]" not in log
+    assert not (bundle / "models").exists() or not list((bundle / "models").iterdir())
+
+
+def test_round_trip_resume_and_hash_checks_on_the_real_bundle(tmp_path):
+    data = tiny_msd(tmp_path / "data", with_validation=True)
+    _truncate(data / "imagesTr" / "lab_0.nii.gz")
+    train = ["run", "--config_file", None, *TRAIN_2, "--dataset_dir", data, "--skip_bad", "True"]
+    original = copy_bundle(NAME, tmp_path / "lab_a")
+
+    train[2] = config_files(original, ["train.json"])
+    done = run_cli(train, tmp_path)
+    log = done.stdout + done.stderr
+    assert "skipping bad cases, training on 3 of 4" in log and str(data / "imagesTr" / "lab_0.nii.gz") in log
+    verify_sha256(original / "models" / "model.pt")
+    evaluate = ["run", "--config_file", None, *TINY, "--dataset_dir", data, "--skip_bad", "True"]
+    evaluate[2] = config_files(original, ["train.json", "evaluate.json"])
+    run_cli(evaluate, tmp_path)
+
+    # The receiving lab unpacks into a plain folder (no shared configs above it) and runs the printed command.
+    pack_bundle(original, tmp_path / "medt.zip")
+    received = tmp_path / "lab_b" / NAME
+    report = unpack(str(tmp_path / "medt.zip"), str(received))
+    command = run_command(received)
+    assert command in report and str(received / "configs" / "bundle_common.json") in command
+    assert [item for item in audit_bundle(received) if item.flags] == []
+    received_files = repr([str(received / "configs" / "train.json"), str(received / "configs" / "bundle_common.json")])
+    received_eval = repr([str(received / "configs" / f) for f in ("train.json", "bundle_common.json", "evaluate.json")])
+
+    evaluate[2] = received_eval
+    run_cli(evaluate, tmp_path)
+    assert _mean_dice(received) == _mean_dice(original)
+
+    model = received / "models" / "model.pt"
+    export = ["ckpt_export", "export_network_def", "--filepath", tmp_path / "model.ts", "--ckpt_file", model,
+              "--config_file", received_files, "--roi_size", "[16,16,16]", "--dataset_dir", data]  # fmt: skip
+    run_cli(export, tmp_path)
+    exported = torch.jit.load(tmp_path / "model.ts").state_dict()
+    packed = load_checkpoint(original / "models" / "model.pt")
+    assert all(torch.equal(exported[key], packed[key]) for key in packed)
+
+    # Trained afresh with the same seed and threads, the copy reaches the same best metric and weights bitwise.
+    model.unlink()
+    train[2] = received_files
+    run_cli(train, tmp_path)
+    ours, theirs = (load_checkpoint(b / "models" / "checkpoint_epoch=2.pt") for b in (original, received))
+    assert theirs["best_metric"] == ours["best_metric"]
+    for key, value in load_checkpoint(original / "models" / "model.pt").items():
+        assert torch.equal(value, load_checkpoint(received / "models" / "model.pt")[key]), key
+
+    # The resume switch continues from epoch 2 with the schedule and best metric carried on.
+    done = run_cli([*train, "--train#trainer#max_epochs", "3", "--resume", "True"], tmp_path)
+    log = done.stdout + done.stderr
+    assert "resume: restored" in log and "checkpoint_epoch=2.pt (epoch 2)" in log
+    resumed = load_checkpoint(received / "models" / "checkpoint_epoch=3.pt")
+    assert resumed["lr_scheduler"]["last_epoch"] == 3 and resumed["trainer"]["max_epochs"] == 3
+    assert resumed["best_metric"]["best_metric"] >= ours["best_metric"]["best_metric"]
+
+    # A model file changed after it was recorded is refused by evaluate and by export.
+    model.write_bytes(model.read_bytes() + b"\0")
+    evaluate[2] = received_eval
+    assert f"{model}: SHA-256 mismatch" in _fails(evaluate, tmp_path)
+    assert f"{model}: SHA-256 mismatch" in _fails(export, tmp_path)
+
+
+def test_pack_ships_the_shared_configs_in_the_bundle_configs(tmp_path):
+    bundle = copy_bundle(NAME, tmp_path / "repo")
+    manifest = pack_bundle(bundle, tmp_path / "b.zip")
+    shipped = {name for name in manifest["files"] if name.startswith("configs/bundle_")}
+    assert shipped == {"configs/bundle_common.json", "configs/bundle_multi_gpu.json"}
+    unpack_bundle(tmp_path / "b.zip", tmp_path / "dest")
+    for name in shipped:
+        assert (tmp_path / "dest" / name).read_bytes() == (tmp_path / "repo" / name).read_bytes()
+
+
+def test_pack_refuses_a_shared_config_named_like_the_bundles_own(tmp_path):
+    bundle = copy_bundle(NAME, tmp_path / "repo")
+    with pytest.raises(PackageError, match="shared config has the name of the bundle's own .*train.json"):
+        pack_bundle(bundle, tmp_path / "b.zip", shared_configs=[bundle / "configs" / "train.json"])
+    assert not (tmp_path / "b.zip").exists()
