@@ -7,6 +7,79 @@ from torch import nn
 __all__ = ["GatedAxialAttention"]
 
 
+def _content_logits(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """``logits[b, i, j] = sum_c queries[b, i, c] keys[b, j, c]`` for ``(B, L, c)`` queries and keys."""
+    if queries.shape[-1] == 1:  # an outer product: a broadcast multiply is an order of magnitude faster than bmm
+        return queries * keys.transpose(1, 2)
+    return torch.bmm(queries, keys.transpose(1, 2))
+
+
+def _positional_logits(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    query_rows: torch.Tensor,
+    key_cols: torch.Tensor,
+    emb_q: torch.Tensor,
+    emb_k_t: torch.Tensor,
+) -> torch.Tensor:
+    """Similarity logits with both relative terms, ``(B, L, L)``.
+
+    ``logits[b, i, j] = sum_c queries[b, i, c] keys[b, j, c] + query_rows[b, i, c] emb_q[c, i, j]
+    + key_cols[b, j, c] emb_k_t[c, i, j]``, where the first three are ``(B, L, c)`` and the tables ``(c, L, L)``.
+    The relative terms accumulate in place (the logits are no view, and no backward needs them). Per channel a
+    broadcast product is one pass over the logits; for the query term with more channels one matmul per query row
+    is cheaper. Keys stay the unit-stride axis throughout: batching over keys would force copies.
+    """
+    logits = _content_logits(queries, keys)
+    channels = queries.shape[-1]
+    if channels <= 2:
+        for channel in range(channels):
+            logits.addcmul_(query_rows[:, :, channel : channel + 1], emb_q[channel])
+    else:
+        logits = logits + torch.bmm(query_rows.transpose(0, 1), emb_q.transpose(0, 1).contiguous()).transpose(0, 1)
+    for channel in range(channels):
+        logits.addcmul_(key_cols[:, :, channel].unsqueeze(1), emb_k_t[channel])
+    return logits
+
+
+class _PositionalLogits(torch.autograd.Function):
+    """:func:`_positional_logits` with a backward pass that reads the ``L x L`` gradient a few times, writing none.
+
+    Autograd's backward of the broadcast products materialises one ``(B, L, L)`` product per input and channel
+    before reducing it; here every reduction is a batched matmul over a view of the gradient, or, for one or two
+    channels per key, a single product and sum. Used in eager mode with autograd on; TorchScript and inference
+    take :func:`_positional_logits` directly.
+    """
+
+    @staticmethod
+    def forward(ctx, queries, keys, query_rows, key_cols, emb_q, emb_k_t):  # type: ignore[override]
+        ctx.save_for_backward(queries, keys, query_rows, key_cols, emb_q, emb_k_t)
+        return _positional_logits(queries, keys, query_rows, key_cols, emb_q, emb_k_t)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        queries, keys, query_rows, key_cols, emb_q, emb_k_t = ctx.saved_tensors
+        grad = grad.contiguous()
+        channels = queries.shape[-1]
+        # each reduction is written as (few channels) @ (L x L), the shape MKL's batched matmul runs several times
+        # faster than (L x L) @ (few channels)
+        d_queries = torch.bmm(keys.transpose(1, 2), grad.transpose(1, 2)).transpose(1, 2)
+        d_keys = torch.bmm(queries.transpose(1, 2), grad).transpose(1, 2)
+        by_query = grad.transpose(0, 1)  # (L queries, B, L keys), a view
+        d_query_rows = torch.bmm(emb_q.transpose(0, 1), by_query.transpose(1, 2)).permute(2, 0, 1)
+        d_emb_q = torch.bmm(query_rows.permute(1, 2, 0), by_query).transpose(0, 1)
+        if channels <= 2:
+            d_key_cols = torch.stack([(grad * emb_k_t[channel]).sum(1) for channel in range(channels)], -1)
+            d_emb_k_t = torch.stack(
+                [(grad * key_cols[:, :, channel].unsqueeze(1)).sum(0) for channel in range(channels)]
+            )
+        else:
+            by_key = grad.permute(2, 0, 1).contiguous()  # (L keys, B, L queries)
+            d_key_cols = torch.bmm(by_key, emb_k_t.permute(2, 1, 0)).transpose(0, 1)
+            d_emb_k_t = torch.bmm(key_cols.permute(1, 2, 0), by_key).permute(1, 2, 0)
+        return d_queries, d_keys, d_query_rows, d_key_cols, d_emb_q, d_emb_k_t
+
+
 class GatedAxialAttention(nn.Module):
     """Multi-head self-attention along one spatial axis, with learned relative positions and gates.
 
@@ -219,6 +292,18 @@ class GatedAxialAttention(nn.Module):
             num_batches_tracked.add_(1)
         return F.batch_norm(x, running_mean, running_var, weight, bias, self.training, momentum, eps)
 
+    @torch.jit.unused
+    def _positional_logits_with_backward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        query_rows: torch.Tensor,
+        key_cols: torch.Tensor,
+        emb_q: torch.Tensor,
+        emb_k_t: torch.Tensor,
+    ) -> torch.Tensor:
+        return _PositionalLogits.apply(queries, keys, query_rows, key_cols, emb_q, emb_k_t)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Attend along ``axis``.
 
@@ -287,11 +372,7 @@ class GatedAxialAttention(nn.Module):
         )
         # the BatchNorm scales fold into the queries; its shifts are constant along softmax rows and drop out
         q_scaled = (q * scale_qk.view(g, 1, 1)).reshape(bg, length, c)
-        k_t = k.transpose(-1, -2).reshape(bg, c, length)
-        if c == 1:  # an outer product: a broadcast multiply is an order of magnitude faster than bmm with K=1
-            logits = q_scaled * k_t
-        else:
-            logits = torch.bmm(q_scaled, k_t)
+        k_rows = k.reshape(bg, length, c)
 
         relative_index = self.relative_index
         relative = self.relative
@@ -305,60 +386,54 @@ class GatedAxialAttention(nn.Module):
             emb_v = emb[2 * c :]
             q_total, q_total_sq = self._relative_moments(q, emb_q)
             k_total, k_total_sq = self._relative_moments(k, emb_k)
-            scales = [
-                self._scale(
-                    q_total,
-                    q_total_sq,
-                    count,
-                    self.f_qr if self.f_qr is not None else one,
-                    norm_qr.weight,
-                    norm_qr.running_mean,
-                    norm_qr.running_var,
-                    norm_qr.num_batches_tracked,
-                    norm_qr.momentum,
-                    norm_qr.eps,
-                ),
-                self._scale(
-                    k_total,
-                    k_total_sq,
-                    count,
-                    self.f_kr if self.f_kr is not None else one,
-                    norm_kr.weight,
-                    norm_kr.running_mean,
-                    norm_kr.running_var,
-                    norm_kr.num_batches_tracked,
-                    norm_kr.momentum,
-                    norm_kr.eps,
-                ),
-            ]
-            # qr[i, j] = sum_c q[c, i] emb_q[c, i, j] and kr[i, j] = sum_c k[c, j] emb_k[c, j, i], accumulated in
-            # place (logits is no view, and no backward needs it). Per channel a broadcast product is one pass over
-            # the logits; for qr with more channels one matmul per query row is cheaper. Keys stay the unit-stride
-            # axis throughout: batching over keys would force copies in the backward pass.
-            q_rows = q * scales[0].view(g, 1, 1)
-            if c <= 2:
-                q_rows = q_rows.reshape(bg, length, 1, c)
-                for channel in range(c):
-                    logits.addcmul_(q_rows[..., channel], emb_q[channel])
+            scale_qr = self._scale(
+                q_total,
+                q_total_sq,
+                count,
+                self.f_qr if self.f_qr is not None else one,
+                norm_qr.weight,
+                norm_qr.running_mean,
+                norm_qr.running_var,
+                norm_qr.num_batches_tracked,
+                norm_qr.momentum,
+                norm_qr.eps,
+            )
+            scale_kr = self._scale(
+                k_total,
+                k_total_sq,
+                count,
+                self.f_kr if self.f_kr is not None else one,
+                norm_kr.weight,
+                norm_kr.running_mean,
+                norm_kr.running_var,
+                norm_kr.num_batches_tracked,
+                norm_kr.momentum,
+                norm_kr.eps,
+            )
+            q_rows = (q * scale_qr.view(g, 1, 1)).reshape(bg, length, c)
+            k_cols = (k * scale_kr.view(g, 1, 1)).reshape(bg, length, c)
+            emb_k_t = emb_k.transpose(1, 2)  # [c, query i, key j]
+            if torch.is_grad_enabled() and not torch.jit.is_scripting():
+                logits = self._positional_logits_with_backward(q_scaled, k_rows, q_rows, k_cols, emb_q, emb_k_t)
             else:
-                q_rows = q_rows.permute(2, 0, 1, 3).reshape(length, bg, c)
-                logits = logits + torch.bmm(q_rows, emb_q.transpose(0, 1).contiguous()).transpose(0, 1)
-            k_cols = (k * scales[1].view(g, 1, 1)).reshape(bg, 1, length, c)
-            emb_k_t = emb_k.transpose(1, 2)
-            for channel in range(c):
-                logits.addcmul_(k_cols[..., channel], emb_k_t[channel])
+                logits = _positional_logits(q_scaled, k_rows, q_rows, k_cols, emb_q, emb_k_t)
+        else:
+            logits = _content_logits(q_scaled, k_rows)
         attn = torch.softmax(logits, dim=-1)  # (B g, L, L)
 
         # sv[c, i] = sum_j attn[i, j] v[c, j] and sve[c, i] = sum_j attn[i, j] emb_v[c, i, j] (one matmul per query
         # row), as (B, C, L) for BatchNorm1d. Without autograd they are computed transposed, (channels, queries) =
         # (channels, keys) @ attn^T, the fast matmul shape for few channels per group; with autograd the plain
-        # form keeps the attention's gradient contiguous for the softmax backward.
+        # form keeps the attention's gradient contiguous for the softmax backward, and sve takes a query-major copy
+        # of the attention, because the table's gradient from a strided view is a matmul with a leading dimension
+        # of L * L, several times slower than the copy.
         norm_sve = self.norm_sve
         sve = torch.empty(0)
         if torch.is_grad_enabled():
             sv = torch.bmm(attn, v).view(batch, g, length, gp).permute(0, 1, 3, 2)
             if norm_sve is not None:
-                sve = torch.bmm(attn.transpose(0, 1), emb_v.permute(1, 2, 0).contiguous())  # (L, B g, gp)
+                attn_by_query = attn.transpose(0, 1).contiguous()  # (L, B g, L)
+                sve = torch.bmm(attn_by_query, emb_v.permute(1, 2, 0).contiguous())  # (L, B g, gp)
                 sve = sve.view(length, batch, g, gp).permute(1, 2, 3, 0)
         else:
             attn_t = attn.transpose(1, 2)
