@@ -134,8 +134,8 @@ def test_scripted_matches_eager(spatial_dims):
 
 @pytest.mark.parametrize("out_channels", [16, 32, 64])  # 1, 2 and 4 query/key channels per head
 def test_hand_written_backward_matches_autograd(out_channels):
-    # eager training uses a hand-written backward for the positional logits; TorchScript differentiates the same
-    # forward with autograd
+    # eager training uses hand-written backward passes for the positional logits and the table attention;
+    # TorchScript differentiates the same forward with autograd
     layer = GatedAxialAttention(2, 8, out_channels, 12, 1, num_groups=8).train()
     _randomise_norms(layer)
     layer.set_gates_trainable()

@@ -80,6 +80,36 @@ class _PositionalLogits(torch.autograd.Function):
         return d_queries, d_keys, d_query_rows, d_key_cols, d_emb_q, d_emb_k_t
 
 
+def _table_attention(attn: torch.Tensor, emb_v: torch.Tensor) -> torch.Tensor:
+    """``out[i, c, b] = sum_j attn[b, i, j] emb_v[c, i, j]``, ``(L, c, B)``, for ``(B, L, L)`` attention.
+
+    One matmul per query row, as (channels, keys) @ (keys, B): the fast shape for few channels per group.
+    """
+    return torch.bmm(emb_v.transpose(0, 1), attn.permute(1, 2, 0))
+
+
+class _TableAttention(torch.autograd.Function):
+    """:func:`_table_attention` with a backward pass that keeps to fast matmul shapes and saves no extra tensor.
+
+    Autograd's backward of the strided matmul returns the attention's gradient with the batch as its unit-stride
+    axis, which makes the softmax backward several times slower; here it comes back query-major, and the table's
+    gradient is (channels, B) @ (B, keys) per query row. ``attn`` is saved by the softmax anyway.
+    """
+
+    @staticmethod
+    def forward(ctx, attn, emb_v):  # type: ignore[override]
+        ctx.save_for_backward(attn, emb_v)
+        return _table_attention(attn, emb_v)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        attn, emb_v = ctx.saved_tensors
+        by_query = attn.transpose(0, 1)  # (L queries, B, L keys), a view
+        d_emb_v = torch.bmm(grad, by_query).transpose(0, 1)
+        d_attn = torch.bmm(grad.transpose(1, 2), emb_v.transpose(0, 1)).transpose(0, 1)
+        return d_attn, d_emb_v
+
+
 class GatedAxialAttention(nn.Module):
     """Multi-head self-attention along one spatial axis, with learned relative positions and gates.
 
@@ -95,7 +125,7 @@ class GatedAxialAttention(nn.Module):
     - The additive BatchNorm terms of the similarity (shift and bias) are constant along each softmax row, so they
       cannot change the attention and are not computed; the three scales are folded into ``q`` and ``k`` before the
       products, so no ``L x L`` map is normalised or concatenated. In train mode the batch variance of each map
-      is computed exactly (float64) from ``L``-sized moments of ``q``, ``k`` and the table, without the map, and
+      is computed exactly from ``L``-sized moments of ``q``, ``k`` and the table, without the map, and
       the running statistics update as BatchNorm's do. Consequently the similarity BatchNorms' biases receive no
       gradient (``None``; it is zero up to rounding in the straightforward form).
     - The similarity BatchNorms are held as three modules (``norm_qk``, ``norm_qr``, ``norm_kr``) and the output
@@ -265,15 +295,15 @@ class GatedAxialAttention(nn.Module):
     def _relative_moments(self, part: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-group sums of ``m[i, j] = sum_c part[c, i] table[c, i, j]`` and of ``m**2`` over batch, i and j.
 
-        ``part`` is ``(B, g, L, c)`` and ``table`` ``(c, L, L)``; computed from ``L``-sized moments in float64, never
-        forming ``m``. Only needed in train mode (empty tensors otherwise).
+        ``part`` is ``(B, g, L, c)`` and ``table`` ``(c, L, L)``; computed from ``L``-sized moments, never forming
+        ``m``, and combined in float64. Only needed in train mode (empty tensors otherwise).
         """
         if not self.training:
             return torch.empty(0), torch.empty(0)
-        pd, td = part.double(), table.double()
-        total = torch.einsum("bgic,ci->g", pd, td.sum(2))
-        gram = torch.einsum("bgic,bgid->gicd", pd, pd)
-        total_sq = torch.einsum("gicd,cdi->g", gram, torch.einsum("cij,dij->cdi", td, td))
+        table64 = table.double()
+        total = torch.einsum("gic,ci->g", part.sum(0).double(), table64.sum(2))
+        gram = torch.einsum("bgic,bgid->gicd", part, part).double()
+        total_sq = torch.einsum("gicd,cdi->g", gram, torch.einsum("cij,dij->cdi", table64, table64))
         return total, total_sq
 
     def _norm_lines(
@@ -291,6 +321,10 @@ class GatedAxialAttention(nn.Module):
         if self.training:
             num_batches_tracked.add_(1)
         return F.batch_norm(x, running_mean, running_var, weight, bias, self.training, momentum, eps)
+
+    @torch.jit.unused
+    def _table_attention_with_backward(self, attn: torch.Tensor, emb_v: torch.Tensor) -> torch.Tensor:
+        return _TableAttention.apply(attn, emb_v)
 
     @torch.jit.unused
     def _positional_logits_with_backward(
@@ -349,12 +383,12 @@ class GatedAxialAttention(nn.Module):
         count = batch * length * length
         one = torch.ones((), dtype=x.dtype, device=x.device)
         if self.training:
-            # batch statistics of the L x L maps from L-sized moments (exact; float64 against cancellation)
-            qd, kd = q.double(), k.double()
-            qk_total = (qd.sum(2) * kd.sum(2)).sum([0, 2])
-            qk_total_sq = (torch.einsum("bgic,bgid->bgcd", qd, qd) * torch.einsum("bgic,bgid->bgcd", kd, kd)).sum(
-                [0, 2, 3]
-            )
+            # batch statistics of the L x L maps from L-sized moments (exact), combined in float64 against the
+            # cancellation in E[m^2] - E[m]^2; the moments stay in the input dtype, as autograd keeps them
+            qk_total = (q.sum(2).double() * k.sum(2).double()).sum([0, 2])
+            q_gram = torch.einsum("bgic,bgid->bgcd", q, q).double()
+            k_gram = torch.einsum("bgic,bgid->bgcd", k, k).double()
+            qk_total_sq = (q_gram * k_gram).sum([0, 2, 3])
         else:
             qk_total = qk_total_sq = torch.empty(0)
         norm_qk = self.norm_qk
@@ -422,25 +456,21 @@ class GatedAxialAttention(nn.Module):
         attn = torch.softmax(logits, dim=-1)  # (B g, L, L)
 
         # sv[c, i] = sum_j attn[i, j] v[c, j] and sve[c, i] = sum_j attn[i, j] emb_v[c, i, j] (one matmul per query
-        # row), as (B, C, L) for BatchNorm1d. Without autograd they are computed transposed, (channels, queries) =
+        # row), as (B, C, L) for BatchNorm1d. Without autograd sv is computed transposed, (channels, queries) =
         # (channels, keys) @ attn^T, the fast matmul shape for few channels per group; with autograd the plain
-        # form keeps the attention's gradient contiguous for the softmax backward, and sve takes a query-major copy
-        # of the attention, because the table's gradient from a strided view is a matmul with a leading dimension
-        # of L * L, several times slower than the copy.
-        norm_sve = self.norm_sve
-        sve = torch.empty(0)
+        # form keeps the attention's gradient contiguous for the softmax backward.
         if torch.is_grad_enabled():
             sv = torch.bmm(attn, v).view(batch, g, length, gp).permute(0, 1, 3, 2)
-            if norm_sve is not None:
-                attn_by_query = attn.transpose(0, 1).contiguous()  # (L, B g, L)
-                sve = torch.bmm(attn_by_query, emb_v.permute(1, 2, 0).contiguous())  # (L, B g, gp)
-                sve = sve.view(length, batch, g, gp).permute(1, 2, 3, 0)
         else:
-            attn_t = attn.transpose(1, 2)
-            sv = torch.bmm(v.transpose(1, 2), attn_t)
-            if norm_sve is not None:
-                sve = torch.bmm(emb_v.permute(1, 0, 2).contiguous(), attn_t.permute(2, 1, 0))  # (L, gp, B g)
-                sve = sve.view(length, gp, batch, g).permute(2, 3, 1, 0)
+            sv = torch.bmm(v.transpose(1, 2), attn.transpose(1, 2))
+        norm_sve = self.norm_sve
+        sve = torch.empty(0)
+        if norm_sve is not None:
+            if torch.is_grad_enabled() and not torch.jit.is_scripting():
+                sve = self._table_attention_with_backward(attn, emb_v)
+            else:
+                sve = _table_attention(attn, emb_v)
+            sve = sve.view(length, gp, batch, g).permute(2, 3, 1, 0)
         sv = sv.reshape(batch, self.out_channels, length)
         if self.f_sv is not None:
             sv = sv * self.f_sv
