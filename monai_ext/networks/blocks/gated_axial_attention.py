@@ -453,7 +453,10 @@ class GatedAxialAttention(nn.Module):
                 logits = _positional_logits(q_scaled, k_rows, q_rows, k_cols, emb_q, emb_k_t)
         else:
             logits = _content_logits(q_scaled, k_rows)
-        attn = torch.softmax(logits, dim=-1)  # (B g, L, L)
+        if torch.is_grad_enabled():
+            attn = torch.softmax(logits, dim=-1)  # (B g, L, L)
+        else:  # reuse the logits' memory: a fresh L x L map costs page faults comparable to the softmax itself
+            attn = torch.softmax(logits, dim=-1, out=logits)
 
         # sv[c, i] = sum_j attn[i, j] v[c, j] and sve[c, i] = sum_j attn[i, j] emb_v[c, i, j] (one matmul per query
         # row), as (B, C, L) for BatchNorm1d. Without autograd sv is computed transposed, (channels, queries) =
