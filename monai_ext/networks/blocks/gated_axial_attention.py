@@ -322,22 +322,6 @@ class GatedAxialAttention(nn.Module):
             num_batches_tracked.add_(1)
         return F.batch_norm(x, running_mean, running_var, weight, bias, self.training, momentum, eps)
 
-    @torch.jit.unused
-    def _table_attention_with_backward(self, attn: torch.Tensor, emb_v: torch.Tensor) -> torch.Tensor:
-        return _TableAttention.apply(attn, emb_v)
-
-    @torch.jit.unused
-    def _positional_logits_with_backward(
-        self,
-        queries: torch.Tensor,
-        keys: torch.Tensor,
-        query_rows: torch.Tensor,
-        key_cols: torch.Tensor,
-        emb_q: torch.Tensor,
-        emb_k_t: torch.Tensor,
-    ) -> torch.Tensor:
-        return _PositionalLogits.apply(queries, keys, query_rows, key_cols, emb_q, emb_k_t)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Attend along ``axis``.
 
@@ -447,8 +431,8 @@ class GatedAxialAttention(nn.Module):
             q_rows = (q * scale_qr.view(g, 1, 1)).reshape(bg, length, c)
             k_cols = (k * scale_kr.view(g, 1, 1)).reshape(bg, length, c)
             emb_k_t = emb_k.transpose(1, 2)  # [c, query i, key j]
-            if torch.is_grad_enabled() and not torch.jit.is_scripting():
-                logits = self._positional_logits_with_backward(q_scaled, k_rows, q_rows, k_cols, emb_q, emb_k_t)
+            if not torch.jit.is_scripting() and torch.is_grad_enabled():
+                logits = _PositionalLogits.apply(q_scaled, k_rows, q_rows, k_cols, emb_q, emb_k_t)
             else:
                 logits = _positional_logits(q_scaled, k_rows, q_rows, k_cols, emb_q, emb_k_t)
         else:
@@ -469,8 +453,8 @@ class GatedAxialAttention(nn.Module):
         norm_sve = self.norm_sve
         sve = torch.empty(0)
         if norm_sve is not None:
-            if torch.is_grad_enabled() and not torch.jit.is_scripting():
-                sve = self._table_attention_with_backward(attn, emb_v)
+            if not torch.jit.is_scripting() and torch.is_grad_enabled():
+                sve = _TableAttention.apply(attn, emb_v)
             else:
                 sve = _table_attention(attn, emb_v)
             sve = sve.view(length, gp, batch, g).permute(2, 3, 1, 0)
