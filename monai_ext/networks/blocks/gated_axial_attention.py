@@ -43,7 +43,7 @@ def _positional_logits(
 
 
 class _PositionalLogits(torch.autograd.Function):
-    """:func:`_positional_logits` with a backward pass that reads the ``L x L`` gradient a few times, writing none.
+    """:func:`_positional_logits` with a backward pass that reduces the ``L x L`` gradient directly.
 
     Autograd's backward of the broadcast products materialises one ``(B, L, L)`` product per input and channel
     before reducing it; here every reduction is a batched matmul over a view of the gradient, or, for one or two
