@@ -4,26 +4,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from randomised_norms import randomise_batch_norms
 
 from monai_ext.networks.blocks import AxialBottleneck, GatedAxialAttention
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from medt_reference import reference_copy  # noqa: E402
-
-
-def _randomise_norms(module: torch.nn.Module) -> None:
-    """Move every BatchNorm and gate away from its initial value so that eval mode exercises all of them."""
-    generator = torch.Generator().manual_seed(1)
-    for sub in module.modules():
-        if isinstance(sub, torch.nn.modules.batchnorm._BatchNorm):
-            sub.weight.data = torch.rand(sub.weight.shape, generator=generator) + 0.5
-            sub.bias.data = torch.randn(sub.bias.shape, generator=generator)
-            sub.running_mean = torch.randn(sub.running_mean.shape, generator=generator)
-            sub.running_var = torch.rand(sub.running_var.shape, generator=generator) + 0.5
-    for name, param in module.named_parameters():
-        if name.split(".")[-1] in ("f_qr", "f_kr", "f_sv", "f_sve"):
-            param.data.fill_(float(torch.rand((), generator=generator)) + 0.3)
-
 
 CASES = [
     # spatial_dims, shape (N, C, *spatial), out_channels, spatial_size, axis, stride, gated, positional
@@ -41,7 +27,7 @@ CASES = [
 @pytest.mark.parametrize("spatial_dims,shape,out_channels,size,axis,stride,gated,positional", CASES)
 def test_matches_straightforward_reference(spatial_dims, shape, out_channels, size, axis, stride, gated, positional):
     layer = GatedAxialAttention(spatial_dims, shape[1], out_channels, size, axis, 8, stride, gated, positional)
-    _randomise_norms(layer)
+    randomise_batch_norms(layer, gates=True)
     if gated:
         layer.set_gates_trainable()  # compare the gates' gradients too
     reference = reference_copy(layer)
@@ -123,7 +109,7 @@ def test_initialisation_statistics():
 def test_scripted_matches_eager(spatial_dims):
     for positional in (True, False):
         block = AxialBottleneck(spatial_dims, 8, 16, 24, 8, stride=2, positional=positional)
-        _randomise_norms(block)
+        randomise_batch_norms(block, gates=True)
         x = torch.randn(2, 8, *([8] * spatial_dims))
         scripted = torch.jit.script(block)
         for train in (False, True):
@@ -137,7 +123,7 @@ def test_hand_written_backward_matches_autograd(out_channels):
     # eager training uses hand-written backward passes for the positional logits and the table attention;
     # TorchScript differentiates the same forward with autograd
     layer = GatedAxialAttention(2, 8, out_channels, 12, 1, num_groups=8).train()
-    _randomise_norms(layer)
+    randomise_batch_norms(layer, gates=True)
     layer.set_gates_trainable()
     scripted = torch.jit.script(copy.deepcopy(layer))
     x = torch.randn(2, 8, 10, 12)

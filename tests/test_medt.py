@@ -4,21 +4,12 @@ from pathlib import Path
 import pytest
 import torch
 from monai.bundle import ConfigParser
+from randomised_norms import randomise_batch_norms
 
 from monai_ext.networks.nets import GatedAxialUNet, MedT
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from medt_reference import ReferenceMedT, reference_copy  # noqa: E402
-
-
-def _randomise_norms(module: torch.nn.Module) -> None:
-    generator = torch.Generator().manual_seed(1)
-    for sub in module.modules():
-        if isinstance(sub, torch.nn.modules.batchnorm._BatchNorm):
-            sub.weight.data = torch.rand(sub.weight.shape, generator=generator) + 0.5
-            sub.bias.data = torch.randn(sub.bias.shape, generator=generator) * 0.1
-            sub.running_mean = torch.randn(sub.running_mean.shape, generator=generator) * 0.1
-            sub.running_var = torch.rand(sub.running_var.shape, generator=generator) + 0.5
 
 
 def small_medt_3d(**kwargs) -> MedT:
@@ -64,7 +55,7 @@ def test_size_errors():
 
 def test_local_batch_equals_patch_loop_in_eval():
     for medt in (MedT(2, 2, 3, 128, patch_grid=(4, 2), width=0.125), small_medt_3d(local_positional=True)):
-        _randomise_norms(medt)
+        randomise_batch_norms(medt, shift_scale=0.1)
         medt.eval()
         loop = reference_copy(medt).eval()
         assert isinstance(loop, ReferenceMedT)
@@ -94,7 +85,7 @@ def test_local_batch_in_train_mode_normalises_all_patches_together():
 )
 def test_scripted_matches_eager(build, shape):
     model = build()
-    _randomise_norms(model)
+    randomise_batch_norms(model, shift_scale=0.1)
     scripted = torch.jit.script(model)
     x = torch.randn(shape)
     for train in (False, True):

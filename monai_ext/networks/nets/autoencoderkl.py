@@ -28,6 +28,26 @@ def _conv(spatial_dims: int, in_channels: int, out_channels: int, kernel_size: i
     )
 
 
+def _attention(
+    spatial_dims: int,
+    channels: int,
+    norm_num_groups: int,
+    norm_eps: float,
+    include_fc: bool,
+    use_combined_linear: bool,
+    use_flash_attention: bool,
+) -> SpatialAttentionBlock:
+    return SpatialAttentionBlock(
+        spatial_dims,
+        channels,
+        norm_num_groups=norm_num_groups,
+        norm_eps=norm_eps,
+        include_fc=include_fc,
+        use_combined_linear=use_combined_linear,
+        use_flash_attention=use_flash_attention,
+    )
+
+
 class _BlockCascade(nn.Module):
     """Runs ``self.blocks`` in order; the shared body of :class:`Encoder` and :class:`Decoder`."""
 
@@ -78,14 +98,8 @@ class Encoder(_BlockCascade):
             return AEKLResBlock(spatial_dims, cin, norm_num_groups, norm_eps, cout)
 
         def attention(ch: int) -> nn.Module:
-            return SpatialAttentionBlock(
-                spatial_dims,
-                ch,
-                norm_num_groups=norm_num_groups,
-                norm_eps=norm_eps,
-                include_fc=include_fc,
-                use_combined_linear=use_combined_linear,
-                use_flash_attention=use_flash_attention,
+            return _attention(
+                spatial_dims, ch, norm_num_groups, norm_eps, include_fc, use_combined_linear, use_flash_attention
             )
 
         blocks: list[nn.Module] = [_conv(spatial_dims, in_channels, channels[0], 3)]
@@ -146,14 +160,8 @@ class Decoder(_BlockCascade):
             return AEKLResBlock(spatial_dims, cin, norm_num_groups, norm_eps, cout)
 
         def attention(ch: int) -> nn.Module:
-            return SpatialAttentionBlock(
-                spatial_dims,
-                ch,
-                norm_num_groups=norm_num_groups,
-                norm_eps=norm_eps,
-                include_fc=include_fc,
-                use_combined_linear=use_combined_linear,
-                use_flash_attention=use_flash_attention,
+            return _attention(
+                spatial_dims, ch, norm_num_groups, norm_eps, include_fc, use_combined_linear, use_flash_attention
             )
 
         def upsample(ch: int) -> nn.Module:
