@@ -63,6 +63,37 @@ def test_same_outputs_as_monai_with_monai_weights(spatial_dims, include_fc, use_
         assert close(ours.reconstruct(x), monai.reconstruct(x))
 
 
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_same_gradients_as_monai_and_inference_leaves_the_input_alone(spatial_dims):
+    # the residual blocks compute in place without autograd and call oneDNN directly on CPU; the upsampling
+    # convolution runs on the coarse grid: none of it may change outputs or gradients
+    args = tiny_args(spatial_dims, num_res_blocks=2)
+    monai = MonaiAutoencoderKL(**args).eval()
+    ours = AutoencoderKL(**args).eval()
+    ours.load_state_dict(monai.state_dict())
+    x = image(spatial_dims)
+    x_ours, x_monai = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ours_out, monai_out = ours.reconstruct(x_ours), monai.reconstruct(x_monai)
+    assert close(ours_out, monai_out)
+    weights = torch.randn_like(monai_out)
+    (ours_out * weights).sum().backward()
+    (monai_out * weights).sum().backward()
+    assert close(x_ours.grad, x_monai.grad)
+    monai_grads = {name: param.grad for name, param in monai.named_parameters()}
+    # convolution biases right before a per-channel GroupNorm get zero gradient up to rounding: compare every
+    # gradient against the scale of all of them
+    scale = max(grad.abs().max().item() for grad in monai_grads.values() if grad is not None)
+    for name, param in ours.named_parameters():
+        if monai_grads[name] is None:  # the latent's sigma branch is not part of reconstruct
+            assert param.grad is None, name
+            continue
+        torch.testing.assert_close(param.grad, monai_grads[name], atol=1e-5 * scale, rtol=1e-4, msg=name)
+    original = x.clone()
+    with torch.inference_mode():
+        assert close(ours.reconstruct(x), monai.reconstruct(x))
+    assert torch.equal(x, original)
+
+
 def test_attention_uses_monai_ext_sablock():
     model = AutoencoderKL(**tiny_args(3))
     attention = [module for module in model.modules() if isinstance(module, SABlock)]
