@@ -237,6 +237,9 @@ class AutoencoderKL(nn.Module):
       :meth:`encode`, :meth:`decode`, :meth:`reconstruct` and the ``*_stage_2_*`` methods;
     - in eval mode :meth:`forward` decodes the latent mean, so it is deterministic; in training mode it samples the
       latent exactly as MONAI's model does;
+    - the decoder upsamples with :class:`~monai_ext.networks.blocks.NearestUpsampleConv` (the same result from 30% of
+      the multiply-adds in 3D), and the residual blocks compute in place without autograd and call oneDNN directly
+      on CPU; keys and outputs are MONAI's;
     - :meth:`load_old_state_dict` reproduces MONAI Generative Models checkpoints exactly (see
       :func:`monai_ext.legacy.convert_autoencoderkl_state_dict`).
 
