@@ -12,6 +12,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,3 +72,35 @@ def tiny_msd(root, with_validation):
         content["training"] = cases
     (root / "dataset.json").write_text(json.dumps(content))
     return root
+
+
+def trained_network(bundle: Path, overrides: dict | None = None) -> torch.nn.Module:
+    """The bundle's ``network_def`` (train.json + the shared config, plus ``overrides``) holding models/model.pt."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([bundle / "configs" / "train.json", bundle.parents[1] / "configs" / "bundle_common.json"])
+    parser.update({"bundle_root": str(bundle), **(overrides or {})})
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
+    return network.eval()
+
+
+def run_export_without_monai_ext(ts_file: Path, x: torch.Tensor, cwd: Path, metadata_marker: bytes):
+    """Load a TorchScript export in a fresh ``python -I`` where monai_ext cannot be imported; return its output on x.
+
+    Also checks that the export carries the bundle's metadata.json, recognised by ``metadata_marker``.
+    """
+    torch.save(x, cwd / "x.pt")
+    script = (
+        "import sys, torch\n"
+        "sys.modules['monai_ext'] = None\n"
+        "try:\n    import monai_ext\nexcept ImportError:\n    pass\n"
+        "else:\n    raise SystemExit('monai_ext importable')\n"
+        "extra = {'metadata.json': ''}\n"
+        f"model = torch.jit.load({str(ts_file)!r}, _extra_files=extra)\n"
+        f"assert {metadata_marker!r} in extra['metadata.json'], 'metadata missing from the export'\n"
+        f"torch.save(model(torch.load({str(cwd / 'x.pt')!r})), {str(cwd / 'y.pt')!r})\n"
+    )
+    subprocess.run([sys.executable, "-I", "-c", script], check=True, cwd=cwd, timeout=300)
+    return torch.load(cwd / "y.pt")

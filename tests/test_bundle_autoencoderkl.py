@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_cli import config_files, copy_bundle, run_cli
+from bundle_cli import config_files, copy_bundle, run_cli, run_export_without_monai_ext, tiny_msd, trained_network
 
 from monai_ext.bundle import datalist
 from monai_ext.bundle.checkpoint import load_checkpoint, verify_sha256
@@ -61,6 +61,54 @@ def test_inference_writes_reconstructions_in_input_space_and_per_case_error(trai
     assert all(0.0 < e < 1.0 for e in errors)
     printed = float(re.search(r"recon_mae: ([0-9.]+)", done.stdout).group(1))
     assert printed == pytest.approx(np.mean(errors), abs=1e-3)
+
+
+def test_torchscript_export_runs_without_monai_ext_and_matches_eager(trained, tmp_path):
+    bundle, _ = trained
+    ts_file = tmp_path / "model.ts"
+    files = config_files(bundle, ["train.json"])
+    run_cli(
+        ["ckpt_export", "export_network_def", "--filepath", ts_file, "--ckpt_file", bundle / "models" / "model.pt",
+         "--meta_file", bundle / "configs" / "metadata.json", "--config_file", files, *TINY],
+        tmp_path,
+    )  # fmt: skip
+    x = torch.rand(1, 1, 16, 16, 16)
+    exported = run_export_without_monai_ext(ts_file, x, tmp_path, b"AutoencoderKL")
+    with torch.no_grad():
+        expected = trained_network(bundle, {"roi_size": [16, 16, 16], "network_def#channels": [8, 8]})(x)
+    assert [tuple(t.shape) for t in exported] == [(1, 1, 16, 16, 16), (1, 3, 8, 8, 8), (1, 3, 8, 8, 8)]
+    for got, want in zip(exported, expected, strict=True):  # reconstruction, z_mu, z_sigma
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_multi_gpu_train_under_torchrun_on_cpu_with_the_adversarial_term(tmp_path):
+    bundle = copy_bundle(NAME, tmp_path)
+    data = tiny_msd(tmp_path / "data", with_validation=False)
+    files = config_files(
+        bundle, ["train.json", "multi_gpu_train.json"], shared=["bundle_common.json", "bundle_multi_gpu.json"]
+    )
+    args = ["--train#trainer#max_epochs", "1", "--val_interval", "1", "--adversarial_weight", "0.1"]
+    done = run_cli(
+        ["--nproc_per_node", "2", "-m", "monai.bundle", "run", "--config_file", files, *TINY, *args,
+         "--dataset_dir", data],
+        tmp_path,
+        module=("-m", "torch.distributed.run"),
+    )  # fmt: skip
+    assert sorted(p.name for p in (bundle / "models").iterdir()) == [
+        "checkpoint_epoch=1.pt",
+        "model.pt",
+        "sha256_manifest.json",
+    ]
+    verify_sha256(bundle / "models" / "model.pt")
+    trained_network(bundle, {"network_def#channels": [8, 8]})  # strict load: no DDP "module." prefixes
+    resumable = load_checkpoint(bundle / "models" / "checkpoint_epoch=1.pt")
+    for part in ("network", "discriminator"):
+        assert resumable[part] and not any(key.startswith("module.") for key in resumable[part]), part
+    assert resumable["trainer"]["max_epochs"] == 1
+    writers = {p.name.split(".")[4] for p in (bundle / "eval" / "runs").glob("events.out.tfevents.*")}
+    assert len(writers) == 1, "only rank 0 writes TensorBoard events"
+    assert done.stdout.count("val_psnr best value") == 1, "only rank 0 logs validation"
+    assert done.stdout.count("discriminator_loss:") == 1, "only rank 0 logs the discriminator loss"
 
 
 def test_legacy_checkpoint_converts_and_runs_through_inference(tmp_path):

@@ -3,14 +3,20 @@
 import csv
 import json
 import re
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_cli import REPO_ROOT, config_files, copy_bundle, run_cli, tiny_msd
+from bundle_cli import (
+    REPO_ROOT,
+    config_files,
+    copy_bundle,
+    run_cli,
+    run_export_without_monai_ext,
+    tiny_msd,
+    trained_network,
+)
 
 from monai_ext.bundle import datalist
 from monai_ext.bundle.checkpoint import load_checkpoint, verify_sha256
@@ -33,17 +39,6 @@ def trained(tmp_path_factory):
         ["run", "--config_file", config_files(bundle, ["train.json"], cwd=elsewhere), *TINY_TRAIN], elsewhere
     )
     return bundle, done
-
-
-def _network(bundle, *overrides):
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config([bundle / "configs" / "train.json", bundle.parents[1] / "configs" / "bundle_common.json"])
-    parser.update({"bundle_root": str(bundle), "roi_size": [16, 16, 16], **dict(overrides)})
-    network = parser.get_parsed_content("network_def")
-    network.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
-    return network.eval()
 
 
 def test_train_from_another_cwd_fills_default_data_and_writes_model_previews_and_events(trained):
@@ -139,21 +134,10 @@ def test_torchscript_export_runs_without_monai_ext_and_matches_eager(trained, tm
         tmp_path,
     )
     x = torch.rand(1, 1, 16, 16, 16)
-    torch.save(x, tmp_path / "x.pt")
-    script = (
-        "import sys, torch\n"
-        "sys.modules['monai_ext'] = None\n"
-        "try:\n    import monai_ext\nexcept ImportError:\n    pass\n"
-        "else:\n    raise SystemExit('monai_ext importable')\n"
-        "extra = {'metadata.json': ''}\n"
-        f"model = torch.jit.load({str(ts_file)!r}, _extra_files=extra)\n"
-        "assert b'MedT' in extra['metadata.json'], 'metadata missing from the export'\n"
-        f"torch.save(model(torch.load({str(tmp_path / 'x.pt')!r})), {str(tmp_path / 'y.pt')!r})\n"
-    )
-    subprocess.run([sys.executable, "-I", "-c", script], check=True, cwd=tmp_path, timeout=300)
+    exported = run_export_without_monai_ext(ts_file, x, tmp_path, b"MedT")
     with torch.no_grad():
-        expected = _network(bundle)(x)
-    torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected, rtol=1e-4, atol=1e-5)
+        expected = trained_network(bundle, {"roi_size": [16, 16, 16]})(x)
+    torch.testing.assert_close(exported, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_verify_net_in_out(trained):
