@@ -5,9 +5,6 @@ and export, the ``resume`` switch, and a pack/unpack round trip that reproduces 
 """
 
 import csv
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -25,10 +22,7 @@ TRAIN_2 = TINY + ["--train#trainer#max_epochs", "2", "--val_interval", "1", "--n
 
 
 def _fails(args, cwd):
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True
-    )
+    done = run_cli(args, cwd, check=False)
     assert done.returncode != 0, done.stdout[-2000:]
     return done.stdout + done.stderr
 
