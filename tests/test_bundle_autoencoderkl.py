@@ -89,7 +89,7 @@ def test_multi_gpu_train_under_torchrun_on_cpu_with_the_adversarial_term(tmp_pat
     )
     args = ["--train#trainer#max_epochs", "1", "--val_interval", "1", "--adversarial_weight", "0.1"]
     done = run_cli(
-        ["--nproc_per_node", "2", "-m", "monai.bundle", "run", "--config_file", files, *TINY, *args,
+        ["--standalone", "--nproc_per_node", "2", "-m", "monai.bundle", "run", "--config_file", files, *TINY, *args,
          "--dataset_dir", data],
         tmp_path,
         module=("-m", "torch.distributed.run"),

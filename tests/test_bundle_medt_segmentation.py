@@ -187,6 +187,7 @@ def test_multi_gpu_train_under_torchrun_on_cpu_with_a_class_override(tmp_path):
     )
     done = run_cli(
         [
+            "--standalone",  # a free rendezvous port: two runs in a row never wait for the same one
             "--nproc_per_node",
             "2",
             "-m",
