@@ -1,4 +1,4 @@
-"""Run the repository's bundles through the real ``python -m monai.bundle`` CLI on copies under a temporary folder."""
+"""Run the repository's bundles through the real ``python -m monai.bundle`` CLI on copies of their folders alone."""
 
 from __future__ import annotations
 
@@ -18,16 +18,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def copy_bundle(name: str, dest: Path) -> Path:
-    """Copy ``bundles/NAME`` (configs only) and the shared ``configs/`` to ``dest`` in the repository's layout."""
-    shutil.copytree(REPO_ROOT / "bundles" / name / "configs", dest / "bundles" / name / "configs")
-    shutil.copytree(REPO_ROOT / "configs", dest / "configs", dirs_exist_ok=True)
-    return dest / "bundles" / name
+    """Copy the folder ``bundles/NAME`` alone to ``dest/NAME``, as a lab receives it; return the copy."""
+    return Path(shutil.copytree(REPO_ROOT / "bundles" / name, dest / name))
 
 
-def config_files(bundle: Path, own: Sequence[str], shared: Sequence[str] = ("bundle_common.json",), cwd=None) -> str:
-    """The ``--config_file`` list: the bundle's first config, the shared ones, then the bundle's other layers."""
-    shared_dir = bundle.parents[1] / "configs"
-    files = [bundle / "configs" / own[0], *(shared_dir / s for s in shared), *(bundle / "configs" / o for o in own[1:])]
+def config_files(bundle: Path, names: Sequence[str], cwd=None) -> str:
+    """The ``--config_file`` list of the bundle's ``configs/NAMES``, relative to ``cwd`` when it is given."""
+    files = [bundle / "configs" / name for name in names]
     if cwd is not None:
         files = [Path(os.path.relpath(f, cwd)) for f in files]
     return repr([str(f) for f in files])
@@ -81,11 +78,11 @@ def tiny_msd(root, with_validation):
 
 
 def trained_network(bundle: Path, overrides: dict | None = None) -> torch.nn.Module:
-    """The bundle's ``network_def`` (train.json + the shared config, plus ``overrides``) holding models/model.pt."""
+    """The bundle's ``network_def`` (train.json plus ``overrides``) holding models/model.pt."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config([bundle / "configs" / "train.json", bundle.parents[1] / "configs" / "bundle_common.json"])
+    parser.read_config(bundle / "configs" / "train.json")
     parser.update({"bundle_root": str(bundle), **(overrides or {})})
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))

@@ -34,6 +34,8 @@ def test_train_with_the_adversarial_term_logs_and_saves(trained):
     bundle, done = trained
     assert (bundle / "models" / "model.pt").is_file()
     assert re.search(r"discriminator_loss: \d", done.stdout) and re.search(r"val_psnr: \d", done.stdout)
+    assert re.search(r"100%.*loss=\d", done.stderr), "the progress bar shows the loss as a number"
+    assert "non-scalar" not in done.stderr, "TensorBoard receives the training loss"
     assert len(list((bundle / "eval" / "previews").glob("*_epoch001.png"))) == 1
     assert list((bundle / "eval" / "runs").glob("events.out.tfevents.*"))
     state = torch.load(bundle / "models" / "model.pt", weights_only=True)
@@ -84,9 +86,7 @@ def test_torchscript_export_runs_without_monai_ext_and_matches_eager(trained, tm
 def test_multi_gpu_train_under_torchrun_on_cpu_with_the_adversarial_term(tmp_path):
     bundle = copy_bundle(NAME, tmp_path)
     data = tiny_msd(tmp_path / "data", with_validation=False)
-    files = config_files(
-        bundle, ["train.json", "multi_gpu_train.json"], shared=["bundle_common.json", "bundle_multi_gpu.json"]
-    )
+    files = config_files(bundle, ["train.json", "multi_gpu_train.json"])
     args = ["--train#trainer#max_epochs", "1", "--val_interval", "1", "--adversarial_weight", "0.1"]
     done = run_cli(
         ["--standalone", "--nproc_per_node", "2", "-m", "monai.bundle", "run", "--config_file", files, *TINY, *args,
@@ -138,8 +138,9 @@ def test_legacy_checkpoint_converts_and_runs_through_inference(tmp_path):
     verify_sha256(bundle / "models" / "model.pt")  # so that inference's checked loader accepts it
 
     parser = ConfigParser()
-    parser.read_config([bundle / "configs" / "inference.json", bundle.parents[1] / "configs" / "bundle_common.json"])
-    parser.update({"network_def#channels": [8, 8], "network_def#attention_levels": [False, True]})
+    parser.read_config(bundle / "configs" / "inference.json")
+    parser.update({"bundle_root": str(bundle), "network_def#channels": [8, 8]})
+    parser.update({"network_def#attention_levels": [False, True]})
     parser.update({"network_def#with_decoder_nonlocal_attn": True})
     ours = parser.get_parsed_content("network_def")
     ours.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))

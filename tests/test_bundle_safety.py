@@ -1,4 +1,4 @@
-"""The real bundles with the safety layer of configs/bundle_common.json, through ``python -m monai.bundle``.
+"""The real bundles' safety features, through ``python -m monai.bundle`` on copies of the bundle folders alone.
 
 Data checked before the first epoch (``skip_bad``), the best model saved with its SHA-256 and verified by evaluate
 and export, the ``resume`` switch, and a pack/unpack round trip that reproduces the original's results.
@@ -12,7 +12,7 @@ from bundle_cli import config_files, copy_bundle, run_cli, tiny_msd
 
 from monai_ext.bundle.audit import audit_bundle
 from monai_ext.bundle.checkpoint import load_checkpoint, verify_sha256
-from monai_ext.bundle.packaging import PackageError, pack_bundle, run_command, unpack, unpack_bundle
+from monai_ext.bundle.packaging import pack_bundle, run_command, unpack, unpack_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -66,15 +66,15 @@ def test_round_trip_resume_and_hash_checks_on_the_real_bundle(tmp_path):
     evaluate[2] = config_files(original, ["train.json", "evaluate.json"])
     run_cli(evaluate, tmp_path)
 
-    # The receiving lab unpacks into a plain folder (no shared configs above it) and runs the printed command.
+    # The receiving lab unpacks into a plain folder and runs the printed command.
     pack_bundle(original, tmp_path / "medt.zip")
     received = tmp_path / "lab_b" / NAME
     report = unpack(str(tmp_path / "medt.zip"), str(received))
     command = run_command(received)
-    assert command in report and str(received / "configs" / "bundle_common.json") in command
+    assert command in report and command.endswith(f"--config_file {received / 'configs' / 'train.json'}")
     assert [item for item in audit_bundle(received) if item.flags] == []
-    received_files = repr([str(received / "configs" / "train.json"), str(received / "configs" / "bundle_common.json")])
-    received_eval = repr([str(received / "configs" / f) for f in ("train.json", "bundle_common.json", "evaluate.json")])
+    received_files = config_files(received, ["train.json"])
+    received_eval = config_files(received, ["train.json", "evaluate.json"])
 
     evaluate[2] = received_eval
     run_cli(evaluate, tmp_path)
@@ -112,18 +112,13 @@ def test_round_trip_resume_and_hash_checks_on_the_real_bundle(tmp_path):
     assert f"{model}: SHA-256 mismatch" in _fails(export, tmp_path)
 
 
-def test_pack_ships_the_shared_configs_in_the_bundle_configs(tmp_path):
+def test_pack_ships_exactly_the_bundle_folder(tmp_path):
     bundle = copy_bundle(NAME, tmp_path / "repo")
+    (tmp_path / "repo" / "configs").mkdir()
+    (tmp_path / "repo" / "configs" / "common.json").write_text("{}")  # a folder beside the bundle is not shipped
     manifest = pack_bundle(bundle, tmp_path / "b.zip")
-    shipped = {name for name in manifest["files"] if name.startswith("configs/bundle_")}
-    assert shipped == {"configs/bundle_common.json", "configs/bundle_multi_gpu.json"}
+    on_disk = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()}
+    assert set(manifest["files"]) == on_disk
     unpack_bundle(tmp_path / "b.zip", tmp_path / "dest")
-    for name in shipped:
-        assert (tmp_path / "dest" / name).read_bytes() == (tmp_path / "repo" / name).read_bytes()
-
-
-def test_pack_refuses_a_shared_config_named_like_the_bundles_own(tmp_path):
-    bundle = copy_bundle(NAME, tmp_path / "repo")
-    with pytest.raises(PackageError, match="shared config has the name of the bundle's own .*train.json"):
-        pack_bundle(bundle, tmp_path / "b.zip", shared_configs=[bundle / "configs" / "train.json"])
-    assert not (tmp_path / "b.zip").exists()
+    for name in on_disk:
+        assert (tmp_path / "dest" / name).read_bytes() == (bundle / name).read_bytes()

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import nibabel as nib
 import numpy as np
@@ -10,25 +11,60 @@ import torch
 from monai.losses import PatchAdversarialLoss
 from monai.networks.nets import PatchDiscriminator
 
-from monai_ext.bundle import autoencoder, datalist, paths, previews, synthetic
+from monai_ext.bundle import autoencoder, datalist, previews, synthetic
 
 
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["x", "run", "--config_file", "b/configs/train.json"],
-        ["x", "run", "--config_file=b/configs/train.json,configs/bundle_common.json"],
-        ["x", "run", "--config_file", "['b/configs/train.json', 'configs/bundle_common.json']"],
-    ],
-)
-def test_bundle_root_is_the_parent_of_the_first_configs_folder(argv, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert paths.bundle_root_from_argv(argv) == str(tmp_path / "b")
+def _bundle_reporting_its_root(folder, bundle_root):
+    (folder / "configs").mkdir(parents=True)
+    config = {"imports": ["$import monai_ext"], "bundle_root": bundle_root, "run": ["$print('ROOT', @bundle_root)"]}
+    (folder / "configs" / "train.json").write_text(json.dumps(config))
+    return folder
 
 
-def test_bundle_root_without_config_file_names_the_override():
-    with pytest.raises(ValueError, match="--bundle_root"):
-        paths.bundle_root_from_argv(["x", "run", "--dataset_dir", "d"])
+@pytest.mark.parametrize("how", ["ConfigWorkflow", "monai.bundle.run"])
+def test_bundle_root_is_found_from_another_cwd_where_monais_dot_convention_is_the_cwd(
+    how, tmp_path, monkeypatch, capsys
+):
+    from monai.bundle import ConfigWorkflow, run
+
+    ours = _bundle_reporting_its_root(tmp_path / "ours", "$monai_ext.bundle.paths.bundle_root()")
+    monais = _bundle_reporting_its_root(tmp_path / "monais", ".")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setattr("sys.argv", ["python", "--config_file", "unrelated/configs/x.json"])  # never read
+    for bundle in (ours, monais):
+        config = os.path.relpath(bundle / "configs" / "train.json")
+        if how == "ConfigWorkflow":
+            workflow = ConfigWorkflow(config_file=config, workflow_type=None, logging_file=False)
+            workflow.initialize()
+            workflow.run()
+        else:
+            run(config_file=config, logging_file=False)
+    printed = [line.split(" ", 1)[1] for line in capsys.readouterr().out.splitlines() if line.startswith("ROOT ")]
+    assert printed == [str(ours), "."]  # MONAI's "." is the cwd: its outputs would land in elsewhere/
+
+
+def test_bundle_root_override_still_wins(tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    bundle = _bundle_reporting_its_root(tmp_path / "b", "$monai_ext.bundle.paths.bundle_root()")
+    workflow = ConfigWorkflow(
+        config_file=str(bundle / "configs" / "train.json"), workflow_type=None, logging_file=False, bundle_root="/x"
+    )
+    workflow.initialize()
+    assert workflow.parser.get_parsed_content("bundle_root") == "/x"
+
+
+def test_bundle_root_outside_a_monai_workflow_names_the_key_to_set(tmp_path):
+    from monai.bundle import ConfigParser
+
+    bundle = _bundle_reporting_its_root(tmp_path / "b", "$monai_ext.bundle.paths.bundle_root()")
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    with pytest.raises(RuntimeError, match="bundle_root") as raised:  # MONAI wraps errors of expressions
+        parser.get_parsed_content("bundle_root")
+    assert "set 'bundle_root' to the folder that holds configs/" in str(raised.value.__cause__)
 
 
 def test_synthetic_dataset_is_deterministic_labelled_and_oblique(tmp_path):
@@ -139,6 +175,21 @@ def test_slice_preview_writes_a_png_per_case(tmp_path):
         previews.save_slice_preview({"image": image, "label": label[:, :4]}, ("image", "label"), ("label",), "x.png")
     with pytest.raises(ValueError, match="none of the preview keys"):
         previews.save_slice_preview(item, ("recon",), (), "x.png")
+
+
+def test_slice_preview_legend_names_every_foreground_class_from_dataset_json(tmp_path):
+    synthetic.write_synthetic_msd(tmp_path / "data", num_training=2, num_test=0, seed=0)
+    names = datalist.class_names(tmp_path / "data")
+    assert names == [synthetic.LABELS[str(i)] for i in range(len(synthetic.LABELS))]
+    label = torch.zeros(1, 12, 10, 8)
+    label[0, 2:6, 2:6, 5] = 1
+    item = {"image": torch.rand(1, 12, 10, 8), "label": label}
+    drawn = previews.save_slice_preview(item, ("image", "label"), ("label",), tmp_path / "p.png", names)
+    assert drawn == names[1:]  # every foreground class, also those absent from this slice
+    assert previews.save_slice_preview(item, ("image", "label"), ("label",), tmp_path / "q.png") == ["class 1"]
+    assert previews.save_slice_preview(item, ("image",), (), tmp_path / "r.png") == []
+    # a network predicting more classes than dataset.json names (num_classes override)
+    assert datalist.class_names(tmp_path / "data", count=5)[-1] == "class 4"
 
 
 def test_kl_divergence_matches_torch_distributions():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import pickle
 import tempfile
@@ -28,6 +29,8 @@ import torch
 from ignite import distributed as idist
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "SHA256_MANIFEST",
@@ -317,6 +320,12 @@ class AtomicDiskSaver(DiskSaver):
         _update_manifest(self.dirname, {filename: record}, removed=stale)
         for name in stale:
             (self.dirname / name).unlink(missing_ok=True)
+        score = ""
+        if metadata and metadata.get("score_name") is not None and metadata.get("priority") is not None:
+            score = f" ({metadata['score_name'].replace('_', ' ')} {float(metadata['priority']):.4f})"
+        # the fixed name is the file a user looks for (the best or final model); rolling checkpoints stay quiet
+        level = logging.INFO if self.filename else logging.DEBUG
+        logger.log(level, f"saved {(self.dirname / filename).resolve()}{score}, SHA-256 recorded")
 
     def remove(self, filename: str) -> None:
         # Ignite calls remove() just before writing the next file; deleting now would leave no checkpoint at all if

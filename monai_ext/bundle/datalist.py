@@ -5,7 +5,8 @@
 
 - Validation: the ``validation`` list when present. Otherwise the training cases are sorted by image path and every
   ``round(1 / val_fraction)``-th case, starting with the last one, is held out (at least one case); the rest train.
-- Classes: ``len(labels)`` of dataset.json (background included), unless ``num_classes`` is given.
+- Classes: ``len(labels)`` of dataset.json (background included), unless ``num_classes`` is given; their names,
+  for legends, are the ``labels`` values.
 - Inference: the ``test`` list, else the validation cases; or every ``*.nii``/``*.nii.gz`` file of any folder.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 from monai.data import load_decathlon_datalist
 
 __all__ = [
+    "class_names",
     "image_folder_datalist",
     "inference_datalist",
     "num_classes",
@@ -140,6 +142,14 @@ def inference_datalist(
     return validation_datalist(dataset_dir, val_fraction)
 
 
+def _labels(dataset_dir: str | os.PathLike) -> dict[str, Any]:
+    path, content = _dataset_json(dataset_dir)
+    labels = content.get("labels")
+    if not isinstance(labels, dict) or len(labels) < 2:
+        raise ValueError(f"'{path}' has no 'labels' mapping with background and a structure; set num_classes.")
+    return labels
+
+
 def num_classes(dataset_dir: str | os.PathLike, override: int | None = None) -> int:
     """Return the number of output classes, background included.
 
@@ -154,8 +164,20 @@ def num_classes(dataset_dir: str | os.PathLike, override: int | None = None) -> 
         if int(override) < 2:
             raise ValueError(f"num_classes must be at least 2 (background and one structure), got {override}.")
         return int(override)
-    path, content = _dataset_json(dataset_dir)
-    labels = content.get("labels")
-    if not isinstance(labels, dict) or len(labels) < 2:
-        raise ValueError(f"'{path}' has no 'labels' mapping with background and a structure; set num_classes.")
-    return len(labels)
+    return len(_labels(dataset_dir))
+
+
+def class_names(dataset_dir: str | os.PathLike, count: int | None = None) -> list[str]:
+    """Return the name of each class index, background first, for preview legends.
+
+    Args:
+        dataset_dir: Decathlon-layout folder whose dataset.json has a ``labels`` mapping (index -> name).
+        count: the number of classes the network predicts (``num_classes``); indices that ``labels`` does not name
+            are called ``class N``, and names beyond ``count`` are dropped.
+
+    Raises:
+        ValueError: when dataset.json has no usable ``labels`` mapping.
+    """
+    labels = {str(k): str(v) for k, v in _labels(dataset_dir).items()}
+    total = len(labels) if count is None else int(count)
+    return [labels.get(str(i), f"class {i}") for i in range(total)]

@@ -4,8 +4,8 @@ The archive holds what a bundle needs to run (configs, docs, license, model file
 manifest with the SHA-256 of every file and the package versions it was made with. Run outputs, training
 checkpoints, caches, logs, TensorBoard runs and datasets are left out. Unpacking refuses path traversal (``..``,
 absolute paths), links and any file whose hash differs, extracts into a fresh directory only once everything checks
-out, audits the configs (:mod:`monai_ext.bundle.audit`) and says what to install and how to run it. Shared config
-layers the bundle runs with (``configs/bundle_*.json`` of a bundle collection) are shipped in its ``configs/``.
+out, audits the configs (:mod:`monai_ext.bundle.audit`) and says what to install and how to run it. A bundle folder
+is complete on its own, so the archive holds that folder and nothing from around it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import shutil
 import stat
 import tempfile
 import zipfile
-from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -30,7 +29,6 @@ from monai_ext.bundle.checkpoint import SHA256_MANIFEST, atomic_write, read_mani
 __all__ = [
     "PACKAGE_MANIFEST",
     "PackageError",
-    "find_shared_configs",
     "install_instructions",
     "pack",
     "pack_bundle",
@@ -49,9 +47,6 @@ EXCLUDED_NAMES = (
 )  # fmt: skip
 # Distribution name -> what a receiving lab installs (names as pip knows them).
 PACKAGES = ("monai-ext", "monai", "torch", "pytorch-ignite", "numpy", "nibabel")
-# Shared config layers that bundles of a collection are run with (see find_shared_configs).
-SHARED_COMMON = "bundle_common.json"
-SHARED_PATTERN = "bundle_*.json"
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest a zip can store; fixed so the same bundle gives the same archive
 
 
@@ -94,30 +89,13 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def find_shared_configs(bundle_dir: str | os.PathLike) -> list[Path]:
-    """Return the shared config layers of a bundle collection: ``configs/bundle_*.json`` of the nearest folder above
-    ``bundle_dir`` that holds ``configs/bundle_common.json`` (this repository keeps them at its root), else ``[]``.
-    """
-    for parent in Path(bundle_dir).resolve().parents:
-        if (parent / "configs" / SHARED_COMMON).is_file():
-            return sorted((parent / "configs").glob(SHARED_PATTERN))
-    return []
-
-
 def run_command(bundle_dir: str | os.PathLike) -> str:
-    """Return the train command of an unpacked bundle: its ``train.json``, then ``bundle_common.json`` if shipped."""
-    config_dir = Path(bundle_dir).resolve() / "configs"
-    files = [str(config_dir / name) for name in ("train.json", SHARED_COMMON) if (config_dir / name).is_file()]
-    return f'python -m monai.bundle run --config_file "{files}"'
+    """Return the command that trains an unpacked bundle: MONAI's runner on its ``configs/train.json``."""
+    return f"python -m monai.bundle run --config_file {Path(bundle_dir).resolve() / 'configs' / 'train.json'}"
 
 
-def pack_bundle(
-    bundle_dir: str | os.PathLike, out_zip: str | os.PathLike, shared_configs: Sequence[str | os.PathLike] | None = None
-) -> dict[str, Any]:
+def pack_bundle(bundle_dir: str | os.PathLike, out_zip: str | os.PathLike) -> dict[str, Any]:
     """Write ``out_zip`` holding the bundle's configs, docs, license, models and scripts plus a hash manifest.
-
-    The shared config layers the bundle runs with are copied into the archive's ``configs/``, so the unpacked
-    bundle runs on its own: ``--config_file "['configs/train.json','configs/bundle_common.json']"``.
 
     Model files with a SHA-256 record (``models/sha256_manifest.json``) are verified first, so a corrupt or replaced
     model is never shipped.
@@ -125,16 +103,13 @@ def pack_bundle(
     Args:
         bundle_dir: the bundle root (holding ``configs/``).
         out_zip: the archive to write (atomically; an existing file is replaced).
-        shared_configs: config files from outside the bundle to ship in its ``configs/``; ``None``: those that
-            :func:`find_shared_configs` finds.
 
     Returns:
         The manifest written into the archive: ``format``, ``bundle``, ``versions`` and ``files`` (path -> SHA-256).
 
     Raises:
         FileNotFoundError: ``bundle_dir/configs`` does not exist.
-        PackageError: the bundle holds a link where files are packed, or a shared config has the name of one of
-            the bundle's configs.
+        PackageError: the bundle holds a link where files are packed.
         CheckpointIntegrityError: a model file differs from its recorded SHA-256.
     """
     root = Path(bundle_dir).resolve()
@@ -145,11 +120,6 @@ def pack_bundle(
         if relative.name in read_manifest((root / relative).parent) and relative.parts[0] == "models":
             verify_sha256(root / relative)
     contents = {relative: (root / relative).read_bytes() for relative in files}
-    for path in find_shared_configs(root) if shared_configs is None else map(Path, shared_configs):
-        relative = PurePosixPath("configs", path.name)
-        if relative in contents:
-            raise PackageError(f"{path}: shared config has the name of the bundle's own {root / relative}")
-        contents[relative] = path.read_bytes()
     manifest = {
         "format": FORMAT,
         "bundle": root.name,
@@ -274,28 +244,27 @@ def install_instructions(manifest: dict[str, Any], bundle_metadata: dict[str, An
 
     Args:
         manifest: the archive's manifest (its ``versions``).
-        bundle_metadata: the bundle's ``configs/metadata.json``; its ``optional_packages_version`` pins are added.
+        bundle_metadata: the bundle's ``configs/metadata.json``; its ``required_packages_version`` and
+            ``optional_packages_version`` pins are added.
     """
     versions = manifest.get("versions", {})
     pins = [f"{name}=={versions[name]}" for name in PACKAGES if name in versions]
-    optional = (bundle_metadata or {}).get("optional_packages_version") or {}
-    pins += [f"{name}=={version}" for name, version in sorted(optional.items()) if name not in versions]
+    declared = {}
+    for field in ("required_packages_version", "optional_packages_version"):
+        declared.update((bundle_metadata or {}).get(field) or {})
+    pins += [f"{name}=={version}" for name, version in sorted(declared.items()) if name not in versions]
     python = versions.get("python", "unknown")
     return f"made with Python {python}; install the same versions with:\n  pip install {' '.join(pins)}"
 
 
-def pack(bundle_dir: str, out_zip: str, shared_configs: str | Sequence[str] | None = None) -> str:
-    """Pack a bundle (configs, docs, license, models, scripts) into a zip with SHA-256 hashes and package versions.
+def pack(bundle_dir: str, out_zip: str) -> str:
+    """Pack a bundle folder (configs, docs, license, models, scripts) into a zip with SHA-256 hashes and versions.
 
     Args:
         bundle_dir: the bundle root, holding configs/.
         out_zip: the archive to write.
-        shared_configs: config files from outside the bundle to ship in its configs/ (comma-separated or a list);
-            default: configs/bundle_*.json of the nearest folder above the bundle holding configs/bundle_common.json.
     """
-    if isinstance(shared_configs, str):
-        shared_configs = [p for p in shared_configs.split(",") if p]
-    manifest = pack_bundle(bundle_dir, out_zip, shared_configs)
+    manifest = pack_bundle(bundle_dir, out_zip)
     listing = "\n".join(f"  {name}" for name in manifest["files"])
     return f"pack: wrote {out_zip} with {len(manifest['files'])} files:\n{listing}"
 

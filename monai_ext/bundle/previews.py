@@ -37,9 +37,27 @@ def _volume(value: Any, as_label: bool) -> np.ndarray:
     return array[0].numpy()
 
 
+def _add_class_legend(figure: Any, n_classes: int, colour_scale: int, class_names: Sequence[str] | None) -> list[str]:
+    from matplotlib import colormaps
+    from matplotlib.patches import Patch
+
+    names = list(class_names or ())
+    colours = colormaps["tab10"]
+    handles = [
+        Patch(color=colours(c / colour_scale), alpha=0.6, label=names[c] if c < len(names) else f"class {c}")
+        for c in range(1, n_classes)
+    ]
+    figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+    return [handle.get_label() for handle in handles]
+
+
 def save_slice_preview(
-    item: dict[str, Any], keys: Sequence[str], label_keys: Sequence[str], filepath: str | os.PathLike
-) -> None:
+    item: dict[str, Any],
+    keys: Sequence[str],
+    label_keys: Sequence[str],
+    filepath: str | os.PathLike,
+    class_names: Sequence[str] | None = None,
+) -> list[str]:
     """Save one PNG with a panel per key: the axial slice holding most foreground of the first label key.
 
     Args:
@@ -48,6 +66,11 @@ def save_slice_preview(
         label_keys: keys drawn as class maps (multi-channel volumes are argmax-ed) over the first non-label key;
             the others are drawn in grey levels.
         filepath: PNG file to write; its folder is created.
+        class_names: the name of each class index, background first; with label keys drawn, a legend gives each
+            foreground class's colour and name (``class N`` when not named).
+
+    Returns:
+        The legend's labels, foreground classes in index order; empty when no label key is drawn.
 
     Raises:
         ValueError: when no key is present or the volumes differ in spatial shape.
@@ -69,10 +92,12 @@ def save_slice_preview(
         index = int(foreground.argmax()) if foreground.any() else volumes[labels[0]].shape[2] // 2
     else:
         index = volumes[present[0]].shape[2] // 2
-    n_classes = max([int(volumes[k].max()) for k in labels] + [1])
+    n_classes = max([int(volumes[k].max()) + 1 for k in labels] + [len(class_names or ()), 2])
+    # one fixed colour per class index, the same in every panel and in the legend
+    colour_scale = max(n_classes - 1, 9)
     background = volumes[grey[0]][..., index] if grey else None
 
-    figure = Figure(figsize=(3 * len(present), 3.2), dpi=80)
+    figure = Figure(figsize=(3 * len(present), 3.6 if labels else 3.2), dpi=80)
     FigureCanvasAgg(figure)
     for i, key in enumerate(present):
         axis = figure.add_subplot(1, len(present), i + 1)
@@ -83,11 +108,13 @@ def save_slice_preview(
                 axis.imshow(background.T, cmap="gray", origin="lower")
             classes = volumes[key][..., index]
             overlay = np.ma.masked_equal(classes, 0).T
-            axis.imshow(overlay, cmap="tab10", vmin=0, vmax=max(n_classes, 9), alpha=0.6, origin="lower")
+            axis.imshow(overlay, cmap="tab10", vmin=0, vmax=colour_scale, alpha=0.6, origin="lower")
         else:
             axis.imshow(volumes[key][..., index].T, cmap="gray", origin="lower")
+    legend = _add_class_legend(figure, n_classes, colour_scale, class_names) if labels else []
     Path(filepath).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(filepath)
+    return legend
 
 
 class SlicePreviewSaver:
@@ -103,6 +130,7 @@ class SlicePreviewSaver:
         max_cases: cases to save per run; ``None`` saves every case.
         name_pattern: file name, formatted with ``case`` (image file name without extension) and ``epoch``.
         output_transform: maps ``engine.state.output`` to a list of per-case dicts or a batch dict (decollated here).
+        class_names: the name of each class index, background first, for the legend of the class maps.
     """
 
     def __init__(
@@ -113,6 +141,7 @@ class SlicePreviewSaver:
         max_cases: int | None = 1,
         name_pattern: str = "{case}_epoch{epoch:03d}.png",
         output_transform: Callable[[Any], Any] = lambda output: output,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         if max_cases is not None and max_cases < 1:
             raise ValueError(f"max_cases must be positive or None, got {max_cases}.")
@@ -122,6 +151,7 @@ class SlicePreviewSaver:
         self.max_cases = max_cases
         self.name_pattern = name_pattern
         self.output_transform = output_transform
+        self.class_names = None if class_names is None else tuple(class_names)
         self._saved = 0
 
     def attach(self, engine: Any) -> None:
@@ -142,5 +172,5 @@ class SlicePreviewSaver:
             if self.max_cases is not None and self._saved >= self.max_cases:
                 return
             name = self.name_pattern.format(case=case_name(item, self.keys), epoch=engine.state.epoch)
-            save_slice_preview(item, self.keys, self.label_keys, self.output_dir / name)
+            save_slice_preview(item, self.keys, self.label_keys, self.output_dir / name, self.class_names)
             self._saved += 1
