@@ -136,6 +136,11 @@ class SABlock(nn.Module):
         self.attention_dtype = attention_dtype
         self.input_size = tuple(input_size) if input_size is not None else None
 
+        # MONAI registers out_proj before the input projections; optimizer state dicts pair moments with parameters
+        # by position, so the same order lets a MONAI optimizer checkpoint resume here and back.
+        self.out_proj: nn.Linear | nn.Identity = (
+            nn.Linear(inner_dim, hidden_input_size) if include_fc else nn.Identity()
+        )
         self.qkv: nn.Linear | nn.Identity
         self.to_q: nn.Linear | nn.Identity
         self.to_k: nn.Linear | nn.Identity
@@ -148,9 +153,6 @@ class SABlock(nn.Module):
             self.to_q = nn.Linear(hidden_input_size, inner_dim, bias=qkv_bias)
             self.to_k = nn.Linear(hidden_input_size, inner_dim, bias=qkv_bias)
             self.to_v = nn.Linear(hidden_input_size, inner_dim, bias=qkv_bias)
-        self.out_proj: nn.Linear | nn.Identity = (
-            nn.Linear(inner_dim, hidden_input_size) if include_fc else nn.Identity()
-        )
         self.drop_weights = nn.Dropout(dropout_rate)
         self.drop_output = nn.Dropout(dropout_rate)
         self.rel_positional_embedding: DecomposedRelPosBias | None = (
