@@ -13,7 +13,9 @@ from typing import Any
 # command name -> "module:function"
 COMMANDS: dict[str, str] = {
     "versions": "monai_ext.cli:versions",
-    "convert_legacy_autoencoderkl": "monai_ext.legacy.autoencoderkl:convert_legacy_autoencoderkl",
+    "convert_legacy_autoencoderkl": "monai_ext.legacy.commands:convert_legacy_autoencoderkl",
+    "convert_legacy_diffusion_unet": "monai_ext.legacy.commands:convert_legacy_diffusion_unet",
+    "convert_legacy_controlnet": "monai_ext.legacy.commands:convert_legacy_controlnet",
     "check_data": "monai_ext.bundle.data_check:check_data",
     "audit": "monai_ext.bundle.audit:audit",
     "pack": "monai_ext.bundle.packaging:pack",

@@ -12,6 +12,7 @@ import torch
 from generative.networks.nets import AutoencoderKL as LegacyAutoencoderKL
 from monai.networks.nets import AutoencoderKL as MonaiAutoencoderKL
 
+from monai_ext.bundle.checkpoint import verify_sha256
 from monai_ext.legacy import LegacyCheckpointError, convert_autoencoderkl_state_dict
 from monai_ext.networks.nets import AutoencoderKL
 
@@ -308,4 +309,6 @@ def test_command_line_converts_refuses_to_overwrite_and_reports(tmp_path, legacy
     assert result.returncode == 0, result.stderr
     assert "include_fc=False" in result.stdout
     assert dst.read_bytes() != written
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["net.json", "new.pt", "old.pt"]  # no temp file left
+    # no temporary file left; the SHA-256 is recorded, so a bundle's checked loader accepts the file
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["net.json", "new.pt", "old.pt", "sha256_manifest.json"]
+    verify_sha256(dst)

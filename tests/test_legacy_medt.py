@@ -10,7 +10,11 @@ from monai_ext.networks.nets import GatedAxialUNet, MedT
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "medt"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text()) if FIXTURES.is_dir() else {"cases": {}}
-pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"MedT reference fixtures not found at {FIXTURES}")
+pytestmark = pytest.mark.skipif(
+    not FIXTURES.is_dir(),
+    reason=f"MedT reference fixtures not found at {FIXTURES}: they are outputs of the original Medical Transformer "
+    "code (29 MB), kept in the project's shared folder; put it beside the repository as ../shared to run these",
+)
 
 # parameters the original defines but its forward never uses, which our MedT does not have
 UNUSED_ORIGINAL_PARAMS = {"medt_128": ("adjust_p.", ".conv1."), "logo_128": ("adjust_p.",)}
