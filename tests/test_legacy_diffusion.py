@@ -205,3 +205,17 @@ def test_command_line_has_one_shape_for_every_model(kind, tmp_path):
     model = _core(kind, 2, True, {"include_fc": True, "use_combined_linear": True})
     model.load_state_dict(torch.load(tmp_path / "new.pt", weights_only=True))
     assert _relative_error(model, inputs, reference) <= TOLERANCE
+
+
+@pytest.mark.parametrize("conditioned", [False, True], ids=["self_attention", "cross_attention"])
+def test_patch_attention_keeps_the_converted_unet_on_the_legacy_outputs(conditioned):
+    from monai.networks.blocks import SABlock as MonaiSABlock
+
+    from monai_ext.networks import patch_attention
+
+    legacy, inputs, reference = _legacy("unet", 3, conditioned)
+    model = _core("unet", 3, conditioned, LAYOUTS[1])
+    model.load_state_dict(convert_diffusion_unet_state_dict(legacy.state_dict(), model))
+    patched = patch_attention(model)
+    assert not any(type(module) is MonaiSABlock for module in patched.modules())
+    assert _relative_error(patched, inputs, reference) <= TOLERANCE
