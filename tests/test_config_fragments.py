@@ -63,3 +63,18 @@ def test_a_changed_copy_is_caught(tmp_path):
     bundle_config["train"]["handlers"][1]["print_lr"] = True
     parsed = ConfigParser(bundle_config)
     assert parsed["train#handlers"] != _fragment("handlers_segmentation")["train#handlers"]
+
+
+@pytest.mark.parametrize(
+    "config", [c for c in USES if c.endswith(("train.json", "inference.json")) and "multi" not in c]
+)
+def test_amp_is_on_exactly_with_cuda_and_reaches_every_engine(config):
+    import torch
+
+    raw = json.loads((REPO_ROOT / "bundles" / config).read_text())
+    parser = ConfigParser(raw)
+    assert parser.get_parsed_content("amp") is torch.cuda.is_available()
+    engines = [key for key in ("train#trainer", "validate#evaluator", "evaluator") if key in parser]
+    assert engines, config
+    for key in engines:
+        assert parser[f"{key}#amp"] == "@amp", f"{config}: {key} does not take the amp switch"

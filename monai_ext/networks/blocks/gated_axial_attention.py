@@ -1,10 +1,33 @@
 """Gated axial attention (Valanarasu et al., "Medical Transformer", MICCAI 2021) along one axis of a 2D or 3D input."""
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["GatedAxialAttention"]
+
+
+def _compute_in_one_dtype(ctx, tensors: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """Cast an autograd Function's inputs to the dtype autocast would compute in (else their promoted dtype).
+
+    Autocast is active in a custom Function's forward but not in its backward, so without this the forward returns
+    16-bit products while the backward mixes them with 32-bit tables. ``ctx`` remembers the original dtypes, in
+    which :func:`_gradients_as_inputs` returns the gradients.
+    """
+    device_type = tensors[0].device.type
+    ctx.input_dtypes = [t.dtype for t in tensors]
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+    else:
+        dtype = functools.reduce(torch.promote_types, ctx.input_dtypes)
+    ctx.compute_dtype = dtype
+    return [t.to(dtype) for t in tensors]
+
+
+def _gradients_as_inputs(ctx, gradients: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return tuple(g.to(dtype) for g, dtype in zip(gradients, ctx.input_dtypes, strict=True))
 
 
 def _content_logits(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -52,14 +75,16 @@ class _PositionalLogits(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, queries, keys, query_rows, key_cols, emb_q, emb_k_t):  # type: ignore[override]
-        ctx.save_for_backward(queries, keys, query_rows, key_cols, emb_q, emb_k_t)
-        return _positional_logits(queries, keys, query_rows, key_cols, emb_q, emb_k_t)
+    def forward(ctx, *inputs):  # type: ignore[override]
+        inputs = _compute_in_one_dtype(ctx, inputs)
+        ctx.save_for_backward(*inputs)
+        with torch.autocast(inputs[0].device.type, enabled=False):
+            return _positional_logits(*inputs)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         queries, keys, query_rows, key_cols, emb_q, emb_k_t = ctx.saved_tensors
-        grad = grad.contiguous()
+        grad = grad.to(ctx.compute_dtype).contiguous()
         channels = queries.shape[-1]
         # each reduction is written as (few channels) @ (L x L), the shape MKL's batched matmul runs several times
         # faster than (L x L) @ (few channels)
@@ -77,7 +102,7 @@ class _PositionalLogits(torch.autograd.Function):
             by_key = grad.permute(2, 0, 1).contiguous()  # (L keys, B, L queries)
             d_key_cols = torch.bmm(by_key, emb_k_t.permute(2, 1, 0)).transpose(0, 1)
             d_emb_k_t = torch.bmm(key_cols.permute(1, 2, 0), by_key).permute(1, 2, 0)
-        return d_queries, d_keys, d_query_rows, d_key_cols, d_emb_q, d_emb_k_t
+        return _gradients_as_inputs(ctx, (d_queries, d_keys, d_query_rows, d_key_cols, d_emb_q, d_emb_k_t))
 
 
 def _table_attention(attn: torch.Tensor, emb_v: torch.Tensor) -> torch.Tensor:
@@ -97,17 +122,20 @@ class _TableAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, attn, emb_v):  # type: ignore[override]
+    def forward(ctx, *inputs):  # type: ignore[override]
+        attn, emb_v = _compute_in_one_dtype(ctx, inputs)
         ctx.save_for_backward(attn, emb_v)
-        return _table_attention(attn, emb_v)
+        with torch.autocast(attn.device.type, enabled=False):
+            return _table_attention(attn, emb_v)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         attn, emb_v = ctx.saved_tensors
+        grad = grad.to(ctx.compute_dtype)
         by_query = attn.transpose(0, 1)  # (L queries, B, L keys), a view
         d_emb_v = torch.bmm(grad, by_query).transpose(0, 1)
         d_attn = torch.bmm(grad.transpose(1, 2), emb_v.transpose(0, 1)).transpose(0, 1)
-        return d_attn, d_emb_v
+        return _gradients_as_inputs(ctx, (d_attn, d_emb_v))
 
 
 class GatedAxialAttention(nn.Module):
@@ -302,7 +330,8 @@ class GatedAxialAttention(nn.Module):
             return torch.empty(0), torch.empty(0)
         table64 = table.double()
         total = torch.einsum("gic,ci->g", part.sum(0).double(), table64.sum(2))
-        gram = torch.einsum("bgic,bgid->gicd", part, part).double()
+        part64 = part.double()  # before the product: under autocast it would run in 16 bits
+        gram = torch.einsum("bgic,bgid->gicd", part64, part64)
         total_sq = torch.einsum("gicd,cdi->g", gram, torch.einsum("cij,dij->cdi", table64, table64))
         return total, total_sq
 
@@ -324,6 +353,9 @@ class GatedAxialAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Attend along ``axis``.
+
+        Under ``torch.autocast`` the projections and ``L x L`` products run in the autocast dtype and the softmax in
+        float32; the hand-written backward passes compute in the dtype their forward used.
 
         Args:
             x: ``(N, in_channels, *spatial)`` with ``spatial_dims`` spatial axes.
@@ -437,7 +469,10 @@ class GatedAxialAttention(nn.Module):
                 logits = _positional_logits(q_scaled, k_rows, q_rows, k_cols, emb_q, emb_k_t)
         else:
             logits = _content_logits(q_scaled, k_rows)
-        if torch.is_grad_enabled():
+        if logits.dtype == torch.float16 or logits.dtype == torch.bfloat16:
+            # exponentials of 16-bit logits lose the small weights: compute in float32, as autocast's softmax does
+            attn = torch.softmax(logits, dim=-1, dtype=torch.float32).to(logits.dtype)
+        elif torch.is_grad_enabled():
             attn = torch.softmax(logits, dim=-1)  # (B g, L, L)
         else:  # reuse the logits' memory: a fresh L x L map costs page faults comparable to the softmax itself
             attn = torch.softmax(logits, dim=-1, out=logits)
