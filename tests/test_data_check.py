@@ -158,3 +158,67 @@ def test_cli_prints_report_and_exits_non_zero(dataset, capsys):
     with pytest.raises(SystemExit) as exited:
         check_data(str(root), skip_bad=False)
     assert exited.value.code == 1 and "label values [5]" in capsys.readouterr().out
+
+
+def _forged(path, shape, compress):
+    """A valid 2^3 float32 NIfTI whose header is then rewritten, byte by byte, to claim ``shape``."""
+    small = path.with_name("small.nii")
+    _save(small, np.zeros((2, 2, 2), np.float32))
+    raw = bytearray(small.read_bytes())
+    small.unlink()
+    raw[40:48] = np.array([3, *shape], dtype="<i2").tobytes()  # dim[0..3] of the NIfTI-1 header
+    path.write_bytes(gzip.compress(bytes(raw)) if compress else bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("shape", "compress", "reason"),
+    [
+        ((10000, 10000, 10000), True, "above the limit"),  # 10^12 voxels: an uncaught MemoryError before
+        ((1024, 1024, 1024), True, "more than a"),  # a tiny .gz claiming 4 GiB of float32 took 4.4 GiB before
+        ((64, 64, 64), False, "from byte 352, and the file has 384"),  # uncompressed, shorter than its header
+    ],
+)
+def test_forged_headers_are_refused_before_the_data_is_read(shape, compress, reason, tmp_path):
+    image = _forged(tmp_path / ("big.nii.gz" if compress else "big.nii"), shape, compress)
+    with pytest.raises(DataCheckError) as raised:
+        checked_datalist([{"image": str(image)}])
+    message = str(raised.value)
+    assert message.count("\n") == 1 and f"{image}: image" in message and "header claims" in message
+    assert reason in message
+
+
+def test_max_voxels_is_the_callers_to_raise(tmp_path):
+    image = _save(tmp_path / "ok.nii.gz", np.zeros((8, 8, 8), np.float32))
+    with pytest.raises(DataCheckError, match="above the limit of 100 voxels; raise max_voxels"):
+        checked_datalist([{"image": str(image)}], max_voxels=100)
+    assert checked_datalist([{"image": str(image)}], max_voxels=512) == [{"image": str(image)}]
+
+
+@pytest.mark.parametrize(
+    ("content", "named"),
+    [
+        (
+            {"labels": {"0": "bg", "1": "a"}, "training": [{"image": "./a.nii.gz", "label": 3}]},
+            "'training'[0]['label']",
+        ),
+        ({"labels": {}, "training": [{"image": "./a.nii.gz", "label": "./b.nii.gz"}]}, "'labels'"),
+        ({"labels": {"0": "bg"}, "training": ["./a.nii.gz"]}, "'training'[0] must be an object"),
+        ({"training": [{"image": "a", "label": "b"}], "validation": {"image": "c"}}, "'validation' must be a list"),
+    ],
+)
+def test_malformed_dataset_json_names_the_key(content, named, tmp_path):
+    from monai_ext.bundle import datalist
+
+    (tmp_path / "dataset.json").write_text(json.dumps(content))
+    with pytest.raises(DataCheckError) as raised:
+        check_dataset_dir(tmp_path)
+    assert named in str(raised.value) and str(tmp_path / "dataset.json") in str(raised.value)
+    with pytest.raises(ValueError, match="dataset_dir: .*" + named.replace("[", r"\[").replace("]", r"\]")):
+        datalist.training_datalist(tmp_path)  # what the bundles call
+
+
+def test_deeply_nested_dataset_json_is_one_clear_error(tmp_path):
+    (tmp_path / "dataset.json").write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(DataCheckError, match="nested too deeply"):
+        check_dataset_dir(tmp_path)

@@ -7,15 +7,17 @@ naming its file, or drops the bad cases with one warning.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
+
+from monai_ext.bundle.datalist import read_dataset_json
 
 __all__ = ["DataCheckError", "check_data", "check_dataset_dir", "checked_datalist", "find_problems"]
 
@@ -23,6 +25,10 @@ logger = logging.getLogger(__name__)
 
 # Affines of an image and its label are compared with this absolute tolerance (mm); NIfTI stores float32.
 AFFINE_ATOL = 1e-3
+# A header may claim any shape; this many voxels (8 GiB of float32) is read at most unless the caller raises it.
+MAX_VOXELS = 2**31
+# deflate cannot compress better than about 1032:1, so a .gz file's data is at most this many times its size
+MAX_DEFLATE_RATIO = 1032
 
 
 class DataCheckError(ValueError):
@@ -34,14 +40,43 @@ def _resolve(path: str | os.PathLike, base_dir: Path | None) -> Path:
     return path if path.is_absolute() or base_dir is None else base_dir / path
 
 
-def _load(path: Path, role: str, problems: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+def _header_problem(image: Any, path: Path, role: str, max_voxels: int) -> str | None:
+    """Why the voxel data a header claims must not be read, judged before anything is allocated."""
+    shape = tuple(int(n) for n in image.shape)
+    voxels = int(np.prod(shape, dtype=np.float64)) if shape else 0
+    claimed = voxels * image.get_data_dtype().itemsize
+    if voxels > max_voxels:
+        return (
+            f"{path}: {role} header claims shape {shape} ({voxels:.3g} voxels), above the limit of {max_voxels:.3g} "
+            "voxels; raise max_voxels if the volume is real"
+        )
+    size = path.stat().st_size
+    # nibabel keeps the file's data offset on the array proxy (the loaded header's own offset is reset to 0)
+    offset = int(getattr(image.dataobj, "offset", 0))
+    unreadable = f"{path}: {role} is not a readable NIfTI file (truncated or corrupt?): its header claims {claimed:,}"
+    if path.name.endswith(".gz"):
+        if claimed > size * MAX_DEFLATE_RATIO:
+            return f"{unreadable} bytes of voxel data, more than a {size:,}-byte gzip file can hold"
+    elif offset + claimed > size:
+        return f"{unreadable} bytes of voxel data from byte {offset}, and the file has {size:,}"
+    return None
+
+
+def _load(path: Path, role: str, problems: list[str], max_voxels: int) -> tuple[np.ndarray, np.ndarray] | None:
     """Return ``(data, affine)`` of a NIfTI file, or ``None`` after appending the reason it cannot be read."""
     if not path.is_file():
         problems.append(f"{path}: {role} file is missing")
         return None
     try:
-        image = nib.load(path)
+        image = nib.load(path)  # reads the header only
+        refused = _header_problem(image, path, role, max_voxels)
+        if refused:
+            problems.append(refused)
+            return None
         data = np.asanyarray(image.dataobj)
+    except MemoryError:
+        problems.append(f"{path}: {role} does not fit in memory (header shape {tuple(image.shape)})")
+        return None
     except (OSError, EOFError, zlib.error, ValueError, nib.filebasedimages.ImageFileError) as err:
         reason = " ".join(str(err).split())  # nibabel's messages span lines; keep one problem per line
         problems.append(f"{path}: {role} is not a readable NIfTI file (truncated or corrupt?): {reason}")
@@ -59,7 +94,11 @@ def _check_values(data: np.ndarray, path: Path, role: str, problems: list[str]) 
 
 
 def find_problems(
-    entry: Mapping, base_dir: str | os.PathLike | None = None, num_classes: int | None = None, num_channels: int = 1
+    entry: Mapping,
+    base_dir: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    num_channels: int = 1,
+    max_voxels: int = MAX_VOXELS,
 ) -> list[str]:
     """Return every problem of one datalist entry (an empty list when it is fine).
 
@@ -68,6 +107,7 @@ def find_problems(
         base_dir: directory that relative paths resolve against; ``None`` leaves them relative to the cwd.
         num_classes: label values must lie in ``0 .. num_classes - 1``; ``None`` skips that check.
         num_channels: channels an image must have: a 3D volume for 1, else 4D with the channels last (MSD layout).
+        max_voxels: a file whose header claims more voxels is refused before its data is read.
 
     Returns:
         One message per problem, each starting with the file it concerns.
@@ -79,7 +119,7 @@ def find_problems(
     image_path = _resolve(entry["image"], base)
     label_path = _resolve(entry["label"], base) if entry.get("label") is not None else None
 
-    image = _load(image_path, "image", problems)
+    image = _load(image_path, "image", problems, max_voxels)
     if image is not None:
         data, _ = image
         expected = "3D volume" if num_channels == 1 else f"4D volume with {num_channels} channels last"
@@ -96,7 +136,7 @@ def find_problems(
     if label_path is None:
         return problems
 
-    label = _load(label_path, "label", problems)
+    label = _load(label_path, "label", problems, max_voxels)
     if label is None:
         return problems
     data, label_affine = label
@@ -135,6 +175,7 @@ def checked_datalist(
     skip_bad: bool = False,
     base_dir: str | os.PathLike | None = None,
     num_channels: int = 1,
+    max_voxels: int = MAX_VOXELS,
 ) -> list[dict]:
     """Read every case once and return the datalist of good cases; call it from a bundle before training.
 
@@ -144,6 +185,7 @@ def checked_datalist(
         skip_bad: drop bad cases with a warning that lists them, instead of raising.
         base_dir: directory relative paths resolve against (``None``: the current directory).
         num_channels: image channels (a 3D volume for 1, else 4D with the channels last).
+        max_voxels: a file whose header claims more voxels is refused before its data is read.
 
     Returns:
         A new list of new dicts (the input is not modified): all entries, or with ``skip_bad`` the good ones.
@@ -159,7 +201,7 @@ def checked_datalist(
     good: list[dict] = []
     problems: list[str] = []
     for entry in datalist:
-        found = find_problems(entry, base_dir, num_classes, num_channels)
+        found = find_problems(entry, base_dir, num_classes, num_channels, max_voxels)
         if found:
             problems.extend(found)
         else:
@@ -177,13 +219,9 @@ def _read_dataset_json(dataset_dir: Path) -> dict:
     if not path.is_file():
         raise DataCheckError(f"{path}: dataset.json is missing (expected Medical Segmentation Decathlon layout)")
     try:
-        with open(path) as f:
-            description = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataCheckError(f"{path}: not valid JSON: {err}") from err
-    if not isinstance(description, dict):
-        raise DataCheckError(f"{path}: expected a JSON object, got {type(description).__name__}")
-    return description
+        return read_dataset_json(path)
+    except ValueError as err:
+        raise DataCheckError(str(err)) from err
 
 
 def check_dataset_dir(
@@ -191,6 +229,7 @@ def check_dataset_dir(
     num_classes: int | None = None,
     skip_bad: bool = False,
     keys: Sequence[str] = ("training", "validation"),
+    max_voxels: int = MAX_VOXELS,
 ) -> list[dict]:
     """Check the datalists of a Medical Segmentation Decathlon directory (``dataset.json``, imagesTr/, labelsTr/).
 
@@ -199,6 +238,7 @@ def check_dataset_dir(
         num_classes: overrides the number of classes declared by dataset.json's ``labels``.
         skip_bad: drop bad cases with a warning instead of raising.
         keys: the lists of dataset.json to check (missing lists are skipped; ``training`` must exist).
+        max_voxels: a file whose header claims more voxels is refused before its data is read.
 
     Returns:
         The good entries of all checked lists, with paths made absolute.
@@ -212,8 +252,6 @@ def check_dataset_dir(
         num_classes = len(description["labels"])
     modality = description.get("modality")
     num_channels = len(modality) if isinstance(modality, Mapping) and modality else 1
-    if not isinstance(description.get("training"), list):
-        raise DataCheckError(f"{root / 'dataset.json'}: has no 'training' list of cases")
     datalist = []
     for key in keys:
         for entry in description.get(key) or []:
@@ -222,20 +260,25 @@ def check_dataset_dir(
                 if isinstance(resolved.get(field), str):
                     resolved[field] = str(_resolve(resolved[field], root))
             datalist.append(resolved)
-    return checked_datalist(datalist, num_classes=num_classes, skip_bad=skip_bad, num_channels=num_channels)
+    return checked_datalist(
+        datalist, num_classes=num_classes, skip_bad=skip_bad, num_channels=num_channels, max_voxels=max_voxels
+    )
 
 
-def check_data(dataset_dir: str, skip_bad: bool = False, num_classes: int | None = None) -> str:
+def check_data(
+    dataset_dir: str, skip_bad: bool = False, num_classes: int | None = None, max_voxels: int = MAX_VOXELS
+) -> str:
     """Check every case of an MSD-layout dataset directory once; print all problems and exit 1 if there are any.
 
     Args:
         dataset_dir: directory with dataset.json, imagesTr/ and labelsTr/.
         skip_bad: report bad cases as a warning and exit 0 if at least one good case is left.
         num_classes: overrides the number of classes declared in dataset.json's "labels".
+        max_voxels: refuse, before reading it, any file whose header claims more voxels (default 2**31).
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        good = check_dataset_dir(dataset_dir, num_classes=num_classes, skip_bad=skip_bad)
+        good = check_dataset_dir(dataset_dir, num_classes=num_classes, skip_bad=skip_bad, max_voxels=max_voxels)
     except DataCheckError as err:
         print(f"check_data: {dataset_dir}: {err}")
         raise SystemExit(1) from None

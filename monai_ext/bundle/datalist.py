@@ -24,12 +24,66 @@ __all__ = [
     "image_folder_datalist",
     "inference_datalist",
     "num_classes",
+    "read_dataset_json",
     "split_training",
     "training_datalist",
+    "validate_dataset_description",
     "validation_datalist",
 ]
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def validate_dataset_description(content: Any, path: str | os.PathLike) -> dict[str, Any]:
+    """Check the structure of a parsed dataset.json and return it; every error names the offending key.
+
+    ``training`` must be a non-empty list of ``{"image": path, "label": path}``; ``validation`` (optional) likewise;
+    ``test`` (optional) a list of paths or ``{"image": path}``; ``labels`` (optional) a non-empty mapping of class
+    index to name.
+
+    Raises:
+        ValueError: naming the file and the key that is wrong, and what was expected.
+    """
+    if not isinstance(content, dict):
+        raise ValueError(f"'{path}': expected a JSON object, got {type(content).__name__}.")
+    if not isinstance(content.get("training"), list) or not content["training"]:
+        raise ValueError(f"'{path}': 'training' must be a non-empty list of image/label entries.")
+    for key, fields in (("training", ("image", "label")), ("validation", ("image", "label")), ("test", ("image",))):
+        entries = content.get(key)
+        if entries is None:
+            continue
+        if not isinstance(entries, list):
+            raise ValueError(f"'{path}': '{key}' must be a list, got {type(entries).__name__}.")
+        for i, entry in enumerate(entries):
+            if key == "test" and isinstance(entry, str):
+                continue
+            if not isinstance(entry, dict):
+                raise ValueError(f"'{path}': '{key}'[{i}] must be an object with {list(fields)}, got {entry!r:.80}.")
+            for field_name in fields:
+                value = entry.get(field_name)
+                if not isinstance(value, str) or not value:
+                    raise ValueError(
+                        f"'{path}': '{key}'[{i}]['{field_name}'] must be a path string, got {value!r:.80}."
+                    )
+    labels = content.get("labels")
+    if labels is not None and (not isinstance(labels, dict) or not labels):
+        raise ValueError(f"'{path}': 'labels' must be a non-empty object of class index to name, got {labels!r:.80}.")
+    return content
+
+
+def read_dataset_json(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate a dataset.json (see :func:`validate_dataset_description`).
+
+    Raises:
+        ValueError: the file is not valid JSON, is nested too deeply to parse, or has the wrong structure.
+    """
+    try:
+        content = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"'{path}' is not valid JSON: {err}") from err
+    except RecursionError:
+        raise ValueError(f"'{path}' is nested too deeply to be a dataset description.") from None
+    return validate_dataset_description(content, path)
 
 
 def _dataset_json(dataset_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
@@ -40,12 +94,9 @@ def _dataset_json(dataset_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]
             "(dataset.json, imagesTr/, labelsTr/)."
         )
     try:
-        content = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"dataset_dir: '{path}' is not valid JSON: {err}") from err
-    if not isinstance(content, dict) or not isinstance(content.get("training"), list) or not content["training"]:
-        raise ValueError(f"dataset_dir: '{path}' needs a non-empty 'training' list of image/label entries.")
-    return path, content
+        return path, read_dataset_json(path)
+    except ValueError as err:
+        raise ValueError(f"dataset_dir: {err}") from err
 
 
 def split_training(cases: list[dict], val_fraction: float) -> tuple[list[dict], list[dict]]:
