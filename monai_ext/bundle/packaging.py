@@ -19,12 +19,21 @@ import shutil
 import stat
 import tempfile
 import zipfile
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from packaging.requirements import InvalidRequirement, Requirement
+
 from monai_ext.bundle.audit import audit_bundle, format_report
-from monai_ext.bundle.checkpoint import SHA256_MANIFEST, atomic_write, read_manifest, verify_sha256
+from monai_ext.bundle.checkpoint import (
+    SHA256_MANIFEST,
+    CheckpointIntegrityError,
+    atomic_write,
+    read_manifest,
+    verify_sha256,
+)
 
 __all__ = [
     "PACKAGE_MANIFEST",
@@ -48,6 +57,11 @@ EXCLUDED_NAMES = (
 # Distribution name -> what a receiving lab installs (names as pip knows them).
 PACKAGES = ("monai-ext", "monai", "torch", "pytorch-ignite", "numpy", "nibabel")
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest a zip can store; fixed so the same bundle gives the same archive
+# What unpack accepts by default; each is an argument. A bundle is configs, docs and a few model files.
+MAX_TOTAL_BYTES = 8 << 30
+MAX_FILE_BYTES = 4 << 30
+MAX_FILES = 10_000
+MAX_RATIO = 200  # uncompressed / compressed size of one entry; zip bombs reach 1000 and more
 
 
 class PackageError(ValueError):
@@ -168,25 +182,66 @@ def _read_manifest(archive: zipfile.ZipFile, zip_path: Path) -> dict[str, Any]:
     return manifest
 
 
-def unpack_bundle(zip_path: str | os.PathLike, dest: str | os.PathLike) -> dict[str, Any]:
+def _check_sizes(entries: dict[str, zipfile.ZipInfo], limits: dict[str, int], zip_path: Path) -> None:
+    if len(entries) > limits["max_files"]:
+        raise PackageError(f"{zip_path}: {len(entries)} files, more than max_files={limits['max_files']}")
+    total = 0
+    for name, info in entries.items():
+        if info.file_size > limits["max_file_bytes"]:
+            limit = limits["max_file_bytes"]
+            raise PackageError(f"entry {name!r}: {info.file_size:,} bytes unpacked, more than max_file_bytes={limit:,}")
+        if info.file_size > limits["max_ratio"] * max(info.compress_size, 1):
+            raise PackageError(
+                f"entry {name!r}: unpacks to {info.file_size / max(info.compress_size, 1):.0f} times its packed size, "
+                f"more than max_ratio={limits['max_ratio']} (a zip bomb?)"
+            )
+        total += info.file_size
+    if total > limits["max_total_bytes"]:
+        raise PackageError(
+            f"{zip_path}: {total:,} bytes unpacked in all, more than max_total_bytes={limits['max_total_bytes']:,}"
+        )
+
+
+def unpack_bundle(
+    zip_path: str | os.PathLike,
+    dest: str | os.PathLike,
+    inspect: Callable[[Path], Any] | None = None,
+    max_total_bytes: int = MAX_TOTAL_BYTES,
+    max_file_bytes: int = MAX_FILE_BYTES,
+    max_files: int = MAX_FILES,
+    max_ratio: float = MAX_RATIO,
+) -> dict[str, Any]:
     """Verify and extract an archive made by :func:`pack_bundle` into ``dest``.
 
-    Every entry is checked before anything lands in ``dest``: files are extracted into a temporary directory next to
-    it and moved into place only when all names are safe and all hashes match.
+    Everything is checked before ``dest`` exists: the names, sizes and counts from the archive's directory, then
+    each file's SHA-256 while it is extracted into a temporary directory next to ``dest``, then the hashes recorded
+    in the bundle's own ``sha256_manifest.json`` files, then ``inspect``. Only then is the directory moved into place,
+    so a refused archive leaves no ``dest``.
 
     Args:
         zip_path: the archive.
         dest: the new bundle root; it must not exist, or be an empty directory.
+        inspect: called with the extracted (not yet moved) bundle; raising refuses the archive.
+        max_total_bytes: refuse archives that unpack to more bytes in all.
+        max_file_bytes: refuse any file that unpacks to more bytes.
+        max_files: refuse archives with more files.
+        max_ratio: refuse any file that unpacks to more than this many times its packed size.
 
     Returns:
         The archive's manifest.
 
     Raises:
         PackageError: an absolute or ``..`` entry, a link, a file missing from or absent in the manifest, a hash
-            mismatch, or a missing/invalid manifest. The message names the entry.
+            mismatch, a size, count or ratio above its limit, or a missing/invalid manifest. The message names the
+            entry.
+        CheckpointIntegrityError: a model file differs from the hash recorded in the bundle.
         FileExistsError: ``dest`` exists and is not empty.
     """
     zip_path, dest = Path(zip_path), Path(dest)
+    limits = {
+        "max_total_bytes": max_total_bytes, "max_file_bytes": max_file_bytes, "max_files": max_files,
+        "max_ratio": max_ratio,
+    }  # fmt: skip
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise FileExistsError(f"{dest}: exists and is not empty; unpack into a new directory")
     with zipfile.ZipFile(zip_path) as archive:
@@ -208,6 +263,7 @@ def unpack_bundle(zip_path: str | os.PathLike, dest: str | os.PathLike) -> dict[
         missing = sorted(set(manifest["files"]) - set(entries))
         if missing:
             raise PackageError(f"{zip_path}: files listed in {PACKAGE_MANIFEST} are missing: {missing}")
+        _check_sizes(entries, limits, zip_path)
 
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".unpack-{dest.name}-", dir=dest.parent))
@@ -216,8 +272,12 @@ def unpack_bundle(zip_path: str | os.PathLike, dest: str | os.PathLike) -> dict[
                 target = staging / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 digest = hashlib.sha256()
+                written = 0
                 with archive.open(info) as source, open(target, "wb") as sink:
                     for block in iter(lambda source=source: source.read(1 << 20), b""):
+                        written += len(block)
+                        if written > info.file_size:  # the directory's size is what the limits were checked on
+                            raise PackageError(f"entry {name!r}: holds more bytes than the archive declares")
                         digest.update(block)
                         sink.write(block)
                 if digest.hexdigest() != manifest["files"][name]:
@@ -225,35 +285,68 @@ def unpack_bundle(zip_path: str | os.PathLike, dest: str | os.PathLike) -> dict[
                         f"entry {name!r}: SHA-256 mismatch, recorded {manifest['files'][name]}, "
                         f"found {digest.hexdigest()}"
                     )
+            for directory in sorted({(staging / name).parent for name in entries}):
+                if (directory / SHA256_MANIFEST).is_file():
+                    for recorded in read_manifest(directory):
+                        if (directory / recorded).is_file():
+                            verify_sha256(directory / recorded)
+            if inspect is not None:
+                inspect(staging)
             if dest.exists():
                 dest.rmdir()
             os.replace(staging, dest)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    for directory in {(dest / name).parent for name in entries}:
-        if (directory / SHA256_MANIFEST).is_file():
-            for name in read_manifest(directory):
-                if (directory / name).is_file():
-                    verify_sha256(directory / name)
     return manifest
+
+
+def _pin(name: Any, version: Any, origin: str) -> str:
+    """``name==version`` when that is a plain PEP 508 requirement on a registry package; refuse anything else."""
+    text = f"{name}=={version}"
+    try:
+        requirement = Requirement(text)
+    except InvalidRequirement as err:
+        raise PackageError(f"{origin}: {text!r} is not a PEP 508 requirement ({err}); refusing to print it") from None
+    if (
+        requirement.url
+        or requirement.marker
+        or requirement.extras
+        or str(requirement) != text
+        or not isinstance(name, str)
+        or not isinstance(version, str)
+    ):
+        raise PackageError(f"{origin}: {text!r} is not a plain name==version pin; refusing to print it")
+    return text
 
 
 def install_instructions(manifest: dict[str, Any], bundle_metadata: dict[str, Any] | None = None) -> str:
     """Return the pip command that installs the package versions an archive was made with.
 
+    Every pin is checked to be a plain ``name==version`` PEP 508 requirement first, so text from another lab's
+    archive (an ``--index-url``, a URL requirement, shell syntax) never reaches the printed command.
+
     Args:
         manifest: the archive's manifest (its ``versions``).
         bundle_metadata: the bundle's ``configs/metadata.json``; its ``required_packages_version`` and
             ``optional_packages_version`` pins are added.
+
+    Raises:
+        PackageError: a pin is not a plain PEP 508 ``name==version`` requirement; the message names where it came from.
     """
     versions = manifest.get("versions", {})
-    pins = [f"{name}=={versions[name]}" for name in PACKAGES if name in versions]
-    declared = {}
+    if not isinstance(versions, dict):
+        raise PackageError(f"{PACKAGE_MANIFEST}: 'versions' must be an object of package name to version")
+    pins = [_pin(name, versions[name], f"{PACKAGE_MANIFEST} versions") for name in PACKAGES if name in versions]
     for field in ("required_packages_version", "optional_packages_version"):
-        declared.update((bundle_metadata or {}).get(field) or {})
-    pins += [f"{name}=={version}" for name, version in sorted(declared.items()) if name not in versions]
+        declared = (bundle_metadata or {}).get(field) or {}
+        if not isinstance(declared, dict):
+            raise PackageError(f"configs/metadata.json: '{field}' must be an object of package name to version")
+        checked = {name: _pin(name, version, f"configs/metadata.json {field}") for name, version in declared.items()}
+        pins += [pin for name, pin in sorted(checked.items()) if name not in versions]
     python = versions.get("python", "unknown")
+    if not isinstance(python, str) or not all(part.isdigit() for part in python.split(".")):
+        raise PackageError(f"{PACKAGE_MANIFEST}: the Python version {python!r} is not a version number")
     return f"made with Python {python}; install the same versions with:\n  pip install {' '.join(pins)}"
 
 
@@ -269,30 +362,59 @@ def pack(bundle_dir: str, out_zip: str) -> str:
     return f"pack: wrote {out_zip} with {len(manifest['files'])} files:\n{listing}"
 
 
-def unpack(zip_path: str, dest: str, strict: bool = False) -> str:
-    """Verify a bundle zip (hashes, no traversal or links), extract it, audit its configs and say what to install.
+def unpack(
+    zip_path: str,
+    dest: str,
+    strict: bool = False,
+    max_total_bytes: int = MAX_TOTAL_BYTES,
+    max_file_bytes: int = MAX_FILE_BYTES,
+    max_files: int = MAX_FILES,
+    max_ratio: float = MAX_RATIO,
+) -> str:
+    """Verify a bundle zip (hashes, sizes, no traversal or links), audit its configs, say what to install; extract it.
+
+    Everything is checked before DEST is created, so a refused archive leaves nothing behind.
 
     Args:
         zip_path: an archive written by `monai_ext pack`.
         dest: a new directory to unpack into.
         strict: exit with status 1 when the audit flags anything (the files stay unpacked for inspection).
+        max_total_bytes: refuse archives that unpack to more bytes in all (default 8 GiB).
+        max_file_bytes: refuse any file that unpacks to more bytes (default 4 GiB).
+        max_files: refuse archives with more files (default 10000).
+        max_ratio: refuse any file that unpacks to more than this many times its packed size (default 200).
     """
+    found: dict[str, Any] = {}
+
+    def inspect(staging: Path) -> None:
+        try:
+            found["items"] = audit_bundle(staging)
+        except ImportError as err:
+            raise PackageError(f"a config cannot be read here: {err}") from err
+        except ValueError as err:
+            raise PackageError(str(err).replace(str(staging), str(dest))) from err
+        metadata_path = staging / "configs" / "metadata.json"
+        try:
+            bundle_metadata = json.loads(metadata_path.read_text()) if metadata_path.is_file() else None
+        except json.JSONDecodeError as err:
+            raise PackageError(f"configs/metadata.json: not valid JSON: {err}") from err
+        found["install"] = install_instructions(
+            found["manifest"], bundle_metadata if isinstance(bundle_metadata, dict) else None
+        )
+
     try:
-        manifest = unpack_bundle(zip_path, dest)
-    except (PackageError, FileExistsError, zipfile.BadZipFile) as err:
+        with zipfile.ZipFile(zip_path) as archive:
+            found["manifest"] = _read_manifest(archive, Path(zip_path))
+        manifest = unpack_bundle(zip_path, dest, inspect, max_total_bytes, max_file_bytes, max_files, max_ratio)
+    except (PackageError, FileExistsError, zipfile.BadZipFile, OSError, CheckpointIntegrityError) as err:
         print(f"unpack: refused {zip_path}: {err}")
         raise SystemExit(1) from None
-    items = audit_bundle(dest)
-    metadata_path = Path(dest) / "configs" / "metadata.json"
-    try:
-        bundle_metadata = json.loads(metadata_path.read_text()) if metadata_path.is_file() else None
-    except json.JSONDecodeError:
-        bundle_metadata = None
+    items = found["items"]
     report = "\n".join(
         [
             f"unpack: {len(manifest['files'])} files verified into {dest}",
             format_report(items),
-            install_instructions(manifest, bundle_metadata if isinstance(bundle_metadata, dict) else None),
+            found["install"],
             f"train it with:\n  {run_command(dest)}",
         ]
     )
