@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "convert_legacy_diffusion_unet": "monai_ext.legacy.commands:convert_legacy_diffusion_unet",
     "convert_legacy_controlnet": "monai_ext.legacy.commands:convert_legacy_controlnet",
     "check_data": "monai_ext.bundle.data_check:check_data",
+    "record_sha256": "monai_ext.bundle.checkpoint:record_sha256",
     "audit": "monai_ext.bundle.audit:audit",
     "pack": "monai_ext.bundle.packaging:pack",
     "unpack": "monai_ext.bundle.packaging:unpack",

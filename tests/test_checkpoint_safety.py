@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy
 import pytest
 import torch
 from ignite.engine import Engine, Events
@@ -188,3 +189,52 @@ def test_sigkill_during_repeated_saves_never_leaves_a_corrupt_file(tmp_path):
         process.wait()
         loaded = torch.load(path, weights_only=True)
         assert torch.all(loaded["data"] == loaded["step"].float())
+
+
+def test_verification_cannot_be_switched_off_from_a_config(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    save_checkpoint(model.state_dict(), tmp_path / "model.pt")
+    with pytest.raises(ValueError, match="verification cannot be switched off"):
+        CheckedCheckpointLoader(load_path=str(tmp_path / "model.pt"), load_dict={"model": model}, verify=False)
+    with pytest.raises(ValueError, match="record_sha256 PATH"):
+        load_checkpoint(tmp_path / "model.pt", verify=False)
+
+
+class _WritesMarker:
+    """Unpickles into a call of numpy.save(marker, 0): harmless, but proof that the file ran code.
+
+    (PyTorch refuses globals of some modules, such as os, even when registered; numpy's are not among them.)
+    """
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return numpy.save, (self.marker, 0)
+
+
+@pytest.fixture
+def safe_globals_restored():
+    registered = torch.serialization.get_safe_globals()
+    yield
+    torch.serialization.clear_safe_globals()
+    torch.serialization.add_safe_globals(registered)
+
+
+def test_add_safe_globals_cannot_open_our_loaders_to_code(tmp_path, safe_globals_restored):
+    crafted = tmp_path / "model.pt"
+    torch.save({"weight": torch.zeros(2), "payload": _WritesMarker(tmp_path / "RAN")}, crafted)
+    record_sha256(crafted)  # the author recorded the hash: the file is intact, only hostile
+    torch.serialization.add_safe_globals([numpy.save])  # what a hostile config can run before loading
+
+    with pytest.raises(UnsafeCheckpointError, match="refused to load"):
+        load_checkpoint(crafted)
+    model = torch.nn.Module()
+    engine = Engine(lambda engine, batch: None)
+    with pytest.raises(UnsafeCheckpointError, match="refused to load"):
+        CheckedCheckpointLoader(load_path=str(crafted), load_dict={"model": model}, strict=False)(engine)
+    assert not (tmp_path / "RAN.npy").exists()
+    assert numpy.save in torch.serialization.get_safe_globals(), "the caller's registry is restored"
+
+    torch.load(crafted, weights_only=True)  # PyTorch's own weights-only load, side by side: the payload runs
+    assert (tmp_path / "RAN.npy").is_file()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import functools
 import json
 import os
 import re
@@ -95,6 +96,15 @@ DANGEROUS_PREFIXES = {
     "monai.bundle.download": "downloads from the network",
     "monai.bundle.load": "downloads from the network",
     "pickle": "unpickling runs arbitrary code",
+    "torch.serialization": "loads checkpoints or changes what weights-only loads may call (add_safe_globals); "
+    "load weights with monai_ext.bundle.checkpoint.load_checkpoint",
+    "torch.load": "loads a checkpoint without a SHA-256 check; use monai_ext.bundle.checkpoint.load_checkpoint",
+    "monai.handlers.CheckpointLoader": "loads weights without a SHA-256 check; use "
+    "monai_ext.bundle.checkpoint.CheckedCheckpointLoader",
+    "monai.handlers.checkpoint_loader": "loads weights without a SHA-256 check; use "
+    "monai_ext.bundle.checkpoint.CheckedCheckpointLoader",
+    "torch.package": "imports code packed with the model",
+    "torch.ops.load_library": "loads native code",
     "marshal": "loads code objects",
     "shelve": "unpickling runs arbitrary code",
     "dill": "unpickling runs arbitrary code",
@@ -267,10 +277,6 @@ class _ExpressionAuditor(ast.NodeVisitor):
             path = node.args[index] if len(node.args) > index else keywords.get("file" if index == 0 else "f")
             mode = node.args[1] if name in ("open", "builtins.open") and len(node.args) > 1 else keywords.get("mode")
             self.flags += _write_flags(name, path, mode)
-        elif name == "torch.load":
-            weights_only = keywords.get("weights_only")
-            if not (isinstance(weights_only, ast.Constant) and weights_only.value is True):
-                self.flags.append("torch.load without weights_only=True can unpickle code")
         # Methods of objects that are not modules (Path(...).unlink(), @ref.write_text(...)) are judged by name.
         if isinstance(node.func, ast.Attribute) and (name is None or name.split(".")[0] not in self.aliases):
             method = node.func.attr
@@ -355,20 +361,45 @@ def _load_config(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
 
 
+@functools.cache
+def _component_locator() -> Any:
+    import monai  # noqa: F401 - the components MONAI's runner sees once it has imported monai
+    from monai.bundle import ComponentLocator
+
+    return ComponentLocator()
+
+
+def _resolve_short_target(name: str) -> tuple[str | None, list[str]]:
+    """The dotted name MONAI gives a short ``_target_``, or ``None`` with the reason it cannot be trusted."""
+    modules = _component_locator().get_component_module_name(name)
+    if modules is None:
+        return None, [
+            f"short _target_ {name!r} is no MONAI component: MONAI looks it up by name and falls back to Python's "
+            "builtins (eval, open, __import__)"
+        ]
+    if isinstance(modules, list):
+        return None, [
+            f"short _target_ {name!r} is ambiguous ({', '.join(modules)}): MONAI picks one by import order; "
+            "write the full dotted name"
+        ]
+    return f"{modules}.{name}", []
+
+
 def _target_flags(target: str, siblings: dict, aliases: dict[str, str]) -> list[str]:
     if target.startswith("@"):
         return []
     if target.startswith("$"):
         return audit_expression(target[1:], aliases)
+    flags: list[str] = []
     if "." not in target:
-        return []  # a short name resolves among MONAI's own components only
-    flags = _module_flags(target)
+        target, flags = _resolve_short_target(target)
+        if target is None:
+            return flags
+    flags += _module_flags(target)
     if target in WRITERS:
         value = next((v for k, v in siblings.items() if not k.startswith("_")), None)
         if _outside_root(value):
             flags.append(f"{target} writes to {value!r}, outside the bundle root")
-    if target == "torch.load" and siblings.get("weights_only") is not True:
-        flags.append("torch.load without weights_only=True can unpickle code")
     return flags
 
 
@@ -455,8 +486,9 @@ def _source_name(path: Path, root: Path) -> str:
 def audit_bundle(bundle_dir: str | os.PathLike, extra_configs: Sequence[str | os.PathLike] = ()) -> list[AuditItem]:
     """List everything the configs under ``BUNDLE_DIR/configs`` would execute, flagging what needs review.
 
-    Nothing is executed or imported: configs are read as JSON/YAML (``yaml.safe_load``), logging.conf with
-    configparser, and every expression is parsed with :mod:`ast`.
+    None of the bundle's code is executed or imported: configs are read as JSON/YAML (``yaml.safe_load``),
+    logging.conf with configparser, and every expression is parsed with :mod:`ast`. Short ``_target_`` names are
+    looked up in MONAI's own component index, as MONAI's runner does.
 
     Args:
         bundle_dir: the bundle root (holding ``configs/``).

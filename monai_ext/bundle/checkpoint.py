@@ -30,6 +30,8 @@ from ignite import distributed as idist
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
+from monai_ext.legacy.checkpoint import load_weights_only, only_builtin_safe_globals
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -234,29 +236,39 @@ def _unsafe(path: str | os.PathLike, err: Exception) -> UnsafeCheckpointError:
     )
 
 
+def _refuse_unverified(verify: Any) -> None:
+    if verify is not True:
+        raise ValueError(
+            "checkpoint verification cannot be switched off (verify must be True): if you trust a file that has no "
+            "SHA-256 record, record one with `python -m monai_ext record_sha256 PATH` after checking it yourself."
+        )
+
+
 def load_checkpoint(path: str | os.PathLike, verify: bool = True, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint without running code: SHA-256 checked, then ``torch.load(weights_only=True)``.
+    """Load a checkpoint without running code: SHA-256 checked, then a weights-only load.
+
+    The load takes only PyTorch's built-in allow-list of types, whatever ``torch.serialization.add_safe_globals``
+    registered (see :func:`monai_ext.legacy.checkpoint.load_weights_only`).
 
     Args:
         path: the checkpoint file.
-        verify: check the SHA-256 against the manifest next to the file first (see :func:`verify_sha256`).
+        verify: must be ``True``; kept so that a config asking for ``False`` gets a clear refusal.
         map_location: passed to ``torch.load``.
 
     Returns:
         What the file holds (tensors and plain containers only).
 
     Raises:
+        ValueError: ``verify`` is not ``True``.
         FileNotFoundError: the file does not exist.
-        CheckpointIntegrityError: ``verify`` and the hash is unrecorded or differs.
+        CheckpointIntegrityError: the hash is unrecorded or differs.
         UnsafeCheckpointError: the file holds pickled objects besides tensors and plain containers.
     """
+    _refuse_unverified(verify)
     path = Path(path)
-    if verify:
-        verify_sha256(path)
-    elif not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    verify_sha256(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return load_weights_only(path, map_location=map_location)
     except pickle.UnpicklingError as err:
         raise _unsafe(path, err) from err
 
@@ -365,22 +377,27 @@ class AtomicCheckpointSaver(CheckpointSaver):
 class CheckedCheckpointLoader(CheckpointLoader):
     """MONAI's ``CheckpointLoader`` (same arguments) that verifies the file's SHA-256 first.
 
-    MONAI already loads with ``weights_only=True``; this adds the hash check and turns the unpickling failure of a
-    checkpoint that holds Python objects into :class:`UnsafeCheckpointError` naming the file.
+    MONAI already loads with ``weights_only=True``; this adds the hash check, loads with only PyTorch's built-in
+    allow-list of types (nothing that ``add_safe_globals`` registered), and turns the unpickling failure of a
+    checkpoint that holds Python objects into :class:`UnsafeCheckpointError` naming the file. Neither check can be
+    switched off from a config.
 
     Args:
-        verify: check the SHA-256 recorded next to the file (default); ``False`` only gives the clearer error.
+        verify: must be ``True``; kept so that a config asking for ``False`` gets a clear refusal.
         args, kwargs: as for ``monai.handlers.CheckpointLoader``.
+
+    Raises:
+        ValueError: ``verify`` is not ``True``.
     """
 
     def __init__(self, *args: Any, verify: bool = True, **kwargs: Any) -> None:
+        _refuse_unverified(verify)
         super().__init__(*args, **kwargs)
-        self.verify = verify
 
     def __call__(self, engine: Any) -> None:
-        if self.verify:
-            verify_sha256(self.load_path)
+        verify_sha256(self.load_path)
         try:
-            super().__call__(engine)
+            with only_builtin_safe_globals():
+                super().__call__(engine)
         except pickle.UnpicklingError as err:
             raise _unsafe(self.load_path, err) from err

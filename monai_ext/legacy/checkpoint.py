@@ -6,17 +6,51 @@ checkpoint cannot run code, common wrappers are unwrapped, and the caller's mapp
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
-__all__ = ["LegacyCheckpointError", "check_state_dict_keys", "read_state_dict"]
+__all__ = [
+    "LegacyCheckpointError",
+    "check_state_dict_keys",
+    "load_weights_only",
+    "only_builtin_safe_globals",
+    "read_state_dict",
+]
 
 # Keys under which training scripts commonly nest the weights, tried in this order.
 WRAPPER_KEYS = ("state_dict", "model", "network", "model_state_dict")
+
+
+@contextlib.contextmanager
+def only_builtin_safe_globals() -> Iterator[None]:
+    """Within the block, weights-only loads accept only PyTorch's built-in allow-list of types.
+
+    ``torch.serialization.add_safe_globals`` lets any code in the process, a bundle config included, extend what a
+    weights-only load may call; a crafted file can then run those callables. Weights need none of them, so the
+    registry is emptied for the block and restored afterwards.
+    """
+    registered = torch.serialization.get_safe_globals()
+    torch.serialization.clear_safe_globals()
+    try:
+        yield
+    finally:
+        torch.serialization.add_safe_globals(registered)
+
+
+def load_weights_only(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` under :func:`only_builtin_safe_globals`.
+
+    Raises:
+        pickle.UnpicklingError: the file holds objects beyond tensors and plain containers.
+    """
+    with only_builtin_safe_globals():
+        return torch.load(path, map_location=map_location, weights_only=True)
 
 
 class LegacyCheckpointError(ValueError):
@@ -45,7 +79,7 @@ def read_state_dict(source: str | os.PathLike | Mapping, name: str | None = None
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint file not found: {path}")
         try:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            loaded = load_weights_only(path)
         except pickle.UnpicklingError as err:
             raise LegacyCheckpointError(
                 f"{name}: refused to load, it holds pickled Python objects besides tensors and plain containers, "
