@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "check_data": "monai_ext.bundle.data_check:check_data",
     "record_sha256": "monai_ext.bundle.checkpoint:record_sha256",
     "audit": "monai_ext.bundle.audit:audit",
+    "keygen": "monai_ext.bundle.signing:keygen",
     "pack": "monai_ext.bundle.packaging:pack",
     "unpack": "monai_ext.bundle.packaging:unpack",
 }

@@ -227,3 +227,57 @@ def test_unpack_prints_only_plain_pep508_pins_and_refuses_the_rest(where, name, 
     out = capsys.readouterr().out
     assert "not a PEP 508 requirement" in out or "not a plain name==version pin" in out
     assert "pip install" not in out and not (tmp_path / "dest").exists()
+
+
+@pytest.fixture
+def keys(tmp_path):
+    from monai_ext.bundle.signing import keygen
+
+    made = {}
+    for lab in ("ours", "other"):
+        made[lab] = (tmp_path / f"{lab}.key", tmp_path / f"{lab}.pub")
+        keygen(str(made[lab][0]), str(made[lab][1]))
+    assert stat.S_IMODE((tmp_path / "ours.key").stat().st_mode) == 0o600
+    return made
+
+
+def _rewrite(zip_path, change):
+    with zipfile.ZipFile(zip_path) as archive:
+        entries = {info.filename: archive.read(info) for info in archive.infolist()}
+    change(entries)
+    with zipfile.ZipFile(zip_path, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+
+
+def test_signed_archive_unpacks_only_for_the_trusted_key(bundle, keys, tmp_path, capsys):
+    private, public = keys["ours"]
+    pack_bundle(bundle, tmp_path / "signed.zip", sign=private)
+    report = unpack(str(tmp_path / "signed.zip"), str(tmp_path / "dest"), trust=str(public))
+    assert "signature: valid, signed by the trusted key" in report and str(public) in report
+    # without --trust the claimed key is shown as unchecked
+    report = unpack(str(tmp_path / "signed.zip"), str(tmp_path / "dest2"))
+    assert "not checked (pass --trust" in report
+
+    pack_bundle(bundle, tmp_path / "plain.zip")
+    refusals = {
+        "other lab's key": (tmp_path / "signed.zip", keys["other"][1], "not by the trusted"),
+        "unsigned": (tmp_path / "plain.zip", public, "is not signed"),
+    }
+    tampered = tmp_path / "tampered.zip"
+    pack_bundle(bundle, tampered, sign=private)
+
+    def add_a_file(entries):
+        manifest = json.loads(entries[PACKAGE_MANIFEST])
+        entries["scripts/extra.py"] = b"print('added after signing')\n"
+        manifest["files"]["scripts/extra.py"] = hashlib.sha256(entries["scripts/extra.py"]).hexdigest()
+        entries[PACKAGE_MANIFEST] = json.dumps(manifest, indent=1).encode()
+
+    _rewrite(tampered, add_a_file)
+    refusals["altered after signing"] = (tampered, public, "does not match the archive's manifest")
+    for name, (archive, trusted, message) in refusals.items():
+        dest = tmp_path / f"refused_{name.replace(' ', '_')}"
+        with pytest.raises(SystemExit):
+            unpack(str(archive), str(dest), trust=str(trusted))
+        assert message in capsys.readouterr().out, name
+        assert not dest.exists(), name

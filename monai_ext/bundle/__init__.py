@@ -11,6 +11,7 @@ from monai_ext.bundle import (
     paths,
     previews,
     resume,
+    signing,
     synthetic,
 )
 
@@ -25,5 +26,6 @@ __all__: list[str] = [
     "paths",
     "previews",
     "resume",
+    "signing",
     "synthetic",
 ]

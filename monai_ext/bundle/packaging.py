@@ -26,6 +26,7 @@ from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 
+from monai_ext.bundle import signing
 from monai_ext.bundle.audit import audit_bundle, format_report
 from monai_ext.bundle.checkpoint import (
     SHA256_MANIFEST,
@@ -34,6 +35,7 @@ from monai_ext.bundle.checkpoint import (
     read_manifest,
     verify_sha256,
 )
+from monai_ext.bundle.signing import SIGNATURE_FILE
 
 __all__ = [
     "PACKAGE_MANIFEST",
@@ -108,7 +110,9 @@ def run_command(bundle_dir: str | os.PathLike) -> str:
     return f"python -m monai.bundle run --config_file {Path(bundle_dir).resolve() / 'configs' / 'train.json'}"
 
 
-def pack_bundle(bundle_dir: str | os.PathLike, out_zip: str | os.PathLike) -> dict[str, Any]:
+def pack_bundle(
+    bundle_dir: str | os.PathLike, out_zip: str | os.PathLike, sign: str | os.PathLike | None = None
+) -> dict[str, Any]:
     """Write ``out_zip`` holding the bundle's configs, docs, license, models and scripts plus a hash manifest.
 
     Model files with a SHA-256 record (``models/sha256_manifest.json``) are verified first, so a corrupt or replaced
@@ -117,6 +121,7 @@ def pack_bundle(bundle_dir: str | os.PathLike, out_zip: str | os.PathLike) -> di
     Args:
         bundle_dir: the bundle root (holding ``configs/``).
         out_zip: the archive to write (atomically; an existing file is replaced).
+        sign: an Ed25519 private key (PEM) to sign the manifest with (see :mod:`monai_ext.bundle.signing`).
 
     Returns:
         The manifest written into the archive: ``format``, ``bundle``, ``versions`` and ``files`` (path -> SHA-256).
@@ -141,11 +146,14 @@ def pack_bundle(bundle_dir: str | os.PathLike, out_zip: str | os.PathLike) -> di
         "files": {str(relative): _sha256_bytes(data) for relative, data in contents.items()},
     }
 
+    manifest_bytes = json.dumps(manifest, indent=1).encode()
+    header = [(PACKAGE_MANIFEST, manifest_bytes)]
+    if sign is not None:
+        header.append((SIGNATURE_FILE, signing.sign(manifest_bytes, sign)))
+
     def write(f: Any) -> None:
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for name, data in [(PACKAGE_MANIFEST, json.dumps(manifest, indent=1).encode())] + [
-                (str(relative), data) for relative, data in contents.items()
-            ]:
+            for name, data in header + [(str(relative), data) for relative, data in contents.items()]:
                 info = zipfile.ZipInfo(name, date_time=FIXED_DATE)
                 info.external_attr = (stat.S_IFREG | 0o644) << 16
                 info.compress_type = zipfile.ZIP_DEFLATED
@@ -164,6 +172,13 @@ def _check_name(name: str) -> PurePosixPath:
     if ".." in path.parts or "\\" in name:
         raise PackageError(f"entry {name!r}: path traversal refused ('..' or backslash in the path)")
     return path
+
+
+def _signature(archive: zipfile.ZipFile) -> bytes | None:
+    try:
+        return archive.read(SIGNATURE_FILE)
+    except KeyError:
+        return None
 
 
 def _read_manifest(archive: zipfile.ZipFile, zip_path: Path) -> dict[str, Any]:
@@ -206,6 +221,7 @@ def unpack_bundle(
     zip_path: str | os.PathLike,
     dest: str | os.PathLike,
     inspect: Callable[[Path], Any] | None = None,
+    trust: str | os.PathLike | None = None,
     max_total_bytes: int = MAX_TOTAL_BYTES,
     max_file_bytes: int = MAX_FILE_BYTES,
     max_files: int = MAX_FILES,
@@ -222,6 +238,7 @@ def unpack_bundle(
         zip_path: the archive.
         dest: the new bundle root; it must not exist, or be an empty directory.
         inspect: called with the extracted (not yet moved) bundle; raising refuses the archive.
+        trust: an Ed25519 public key (PEM); the archive must carry a valid signature by it.
         max_total_bytes: refuse archives that unpack to more bytes in all.
         max_file_bytes: refuse any file that unpacks to more bytes.
         max_files: refuse archives with more files.
@@ -234,6 +251,8 @@ def unpack_bundle(
         PackageError: an absolute or ``..`` entry, a link, a file missing from or absent in the manifest, a hash
             mismatch, a size, count or ratio above its limit, or a missing/invalid manifest. The message names the
             entry.
+        monai_ext.bundle.signing.SignatureError: ``trust`` is given and the archive is unsigned, signed by another
+            key, or altered after signing.
         CheckpointIntegrityError: a model file differs from the hash recorded in the bundle.
         FileExistsError: ``dest`` exists and is not empty.
     """
@@ -246,6 +265,8 @@ def unpack_bundle(
         raise FileExistsError(f"{dest}: exists and is not empty; unpack into a new directory")
     with zipfile.ZipFile(zip_path) as archive:
         manifest = _read_manifest(archive, zip_path)
+        if trust is not None:
+            signing.verify(archive.read(PACKAGE_MANIFEST), _signature(archive), trust)
         for name in manifest["files"]:
             _check_name(name)
         entries = {}
@@ -253,7 +274,7 @@ def unpack_bundle(
             _check_name(info.filename)
             if stat.S_ISLNK(info.external_attr >> 16):
                 raise PackageError(f"entry {info.filename!r}: links are refused (they may point outside the bundle)")
-            if info.is_dir() or info.filename == PACKAGE_MANIFEST:
+            if info.is_dir() or info.filename in (PACKAGE_MANIFEST, SIGNATURE_FILE):
                 continue
             if info.filename in entries:
                 raise PackageError(f"entry {info.filename!r}: appears twice in {zip_path}")
@@ -350,22 +371,26 @@ def install_instructions(manifest: dict[str, Any], bundle_metadata: dict[str, An
     return f"made with Python {python}; install the same versions with:\n  pip install {' '.join(pins)}"
 
 
-def pack(bundle_dir: str, out_zip: str) -> str:
+def pack(bundle_dir: str, out_zip: str, sign: str | None = None) -> str:
     """Pack a bundle folder (configs, docs, license, models, scripts) into a zip with SHA-256 hashes and versions.
 
     Args:
         bundle_dir: the bundle root, holding configs/.
         out_zip: the archive to write.
+        sign: your Ed25519 private key (PEM, from `monai_ext keygen`): the receiving lab can then check with
+            `unpack --trust YOUR_PUBLIC_KEY` that you made the archive.
     """
-    manifest = pack_bundle(bundle_dir, out_zip)
+    manifest = pack_bundle(bundle_dir, out_zip, sign)
     listing = "\n".join(f"  {name}" for name in manifest["files"])
-    return f"pack: wrote {out_zip} with {len(manifest['files'])} files:\n{listing}"
+    signed = f", signed with {sign}" if sign else ""
+    return f"pack: wrote {out_zip} with {len(manifest['files'])} files{signed}:\n{listing}"
 
 
 def unpack(
     zip_path: str,
     dest: str,
     strict: bool = False,
+    trust: str | None = None,
     max_total_bytes: int = MAX_TOTAL_BYTES,
     max_file_bytes: int = MAX_FILE_BYTES,
     max_files: int = MAX_FILES,
@@ -379,6 +404,7 @@ def unpack(
         zip_path: an archive written by `monai_ext pack`.
         dest: a new directory to unpack into.
         strict: exit with status 1 when the audit flags anything (the files stay unpacked for inspection).
+        trust: the sending lab's Ed25519 public key (PEM); refuse the archive unless that key signed it.
         max_total_bytes: refuse archives that unpack to more bytes in all (default 8 GiB).
         max_file_bytes: refuse any file that unpacks to more bytes (default 4 GiB).
         max_files: refuse archives with more files (default 10000).
@@ -405,14 +431,29 @@ def unpack(
     try:
         with zipfile.ZipFile(zip_path) as archive:
             found["manifest"] = _read_manifest(archive, Path(zip_path))
-        manifest = unpack_bundle(zip_path, dest, inspect, max_total_bytes, max_file_bytes, max_files, max_ratio)
-    except (PackageError, FileExistsError, zipfile.BadZipFile, OSError, CheckpointIntegrityError) as err:
+            signer = signing.signer_fingerprint(_signature(archive))
+        manifest = unpack_bundle(zip_path, dest, inspect, trust, max_total_bytes, max_file_bytes, max_files, max_ratio)
+    except (
+        PackageError,
+        signing.SignatureError,
+        FileExistsError,
+        zipfile.BadZipFile,
+        OSError,
+        CheckpointIntegrityError,
+    ) as err:
         print(f"unpack: refused {zip_path}: {err}")
         raise SystemExit(1) from None
     items = found["items"]
+    if trust is not None:
+        signature = f"signature: valid, signed by the trusted key {signer} ({trust})"
+    elif signer is not None:
+        signature = f"signature: claims key {signer}, not checked (pass --trust THEIR_PUBLIC_KEY to check it)"
+    else:
+        signature = "signature: none (the archive is intact, but nothing says who made it)"
     report = "\n".join(
         [
             f"unpack: {len(manifest['files'])} files verified into {dest}",
+            signature,
             format_report(items),
             found["install"],
             f"train it with:\n  {run_command(dest)}",
