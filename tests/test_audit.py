@@ -176,12 +176,12 @@ def test_every_dangerous_expression_is_flagged_naming_file_and_key(doctored_bund
     for line, expected in DANGEROUS_IMPORTS.items():
         assert (expected or "") in imports[line] and bool(imports[line]) == bool(expected), line
     assert (
-        "logging.handlers.SocketHandler: sends logs over the network"
-        in flags[("configs/logging.conf", "[handler_remote] class")]
+        "class 'handlers.SocketHandler' is not one of the accepted handlers"
+        in (flags[("configs/logging.conf", "[handler_remote] class")])
     )
     assert (
         "writes to '/var/log/bundle.log', outside the bundle root"
-        in flags[("configs/logging.conf", "[handler_file] class")]
+        in (flags[("configs/logging.conf", "[handler_file] args")])
     )
     report = format_report(items)
     assert "   FLAG configs/train.json: shell: os.system: runs a shell command" in report.splitlines()
@@ -231,3 +231,33 @@ def test_doctored_copy_of_clean_bundle_differs_only_by_the_inserted_flags(clean_
     (copy / "configs" / "train.json").write_text(json.dumps(train))
     flagged = [(item.key, item.flags) for item in audit_bundle(copy) if item.flags]
     assert flagged == [("run#1", ("os.system: runs a shell command",))]
+
+
+# logging.conf constructs: (handler section body, expected flag). fileConfig interpolates args, then evals them.
+LOGGING_PAYLOADS = {
+    "interpolated_code": (
+        'class=StreamHandler\np=\')[:1] if __import__("os").system("touch RAN") or 1 else (\'\n'
+        "args=(sys.stdout, '%(p)s')\n",
+        "args must be a literal tuple, got '(sys.stdout, \\'\\')[:1] if __import__(\"os\").system",
+    ),
+    "call_in_args": ("class=StreamHandler\nargs=(open('x.log', 'w'),)\n", "is not literal"),
+    "unknown_class": ("class=logging.handlers.HTTPHandler\nargs=('example.org', '/')\n", "not one of the accepted"),
+    "name_in_kwargs": ("class=StreamHandler\nargs=()\nkwargs={'stream': os.devnull}\n", "names os.devnull"),
+    "bad_interpolation": ("class=StreamHandler\nargs=(sys.stdout, '%(missing)s')\n", "interpolation:"),
+}
+
+
+@pytest.mark.parametrize("construct", LOGGING_PAYLOADS)
+def test_logging_conf_is_read_as_fileconfig_reads_it(construct, tmp_path):
+    from monai.bundle.workflows import _reject_executable_logging_config
+
+    body, expected = LOGGING_PAYLOADS[construct]
+    conf = LOGGING_CONF.replace("keys=consoleHandler", "keys=consoleHandler,h").replace(
+        "[formatter_fullFormatter]", f"[handler_h]\n{body}\n[formatter_fullFormatter]"
+    )
+    bundle = _make_bundle(tmp_path / "b", TRAIN, conf)
+    flags = [flag for item in audit_bundle(bundle) if item.source == "configs/logging.conf" for flag in item.flags]
+    assert any(expected in flag for flag in flags), flags
+    if construct == "interpolated_code":  # MONAI's own check lets this one through
+        _reject_executable_logging_config(str(bundle / "configs" / "logging.conf"))
+        assert not (tmp_path / "RAN").exists()

@@ -437,45 +437,76 @@ def _audit_config(config: Any, source: str, aliases: dict[str, str]) -> list[Aud
     return items
 
 
-def _logging_qualname(name: str) -> str:
-    # fileConfig evaluates `class` in the logging module's namespace first, then imports it as a dotted path.
-    import logging
-    import logging.handlers  # noqa: F401 - fileConfig sees the handlers submodule as logging.handlers
+# What logging.conf may name: fileConfig evaluates `class` in logging's namespace, then imports it as a dotted path.
+KNOWN_HANDLERS = frozenset({"StreamHandler", "FileHandler", "NullHandler"})
+KNOWN_FORMATTERS = frozenset({"Formatter"})
+STREAM_NAMES = frozenset({"sys.stdout", "sys.stderr"})
 
-    return f"logging.{name}" if hasattr(logging, name.split(".")[0]) else name
+
+def _known_class(value: str, known: frozenset[str]) -> bool:
+    return value.removeprefix("logging.") in known
+
+
+def _literal_flags(value: str, option: str) -> list[str]:
+    """``args`` must be a tuple and ``kwargs`` a dict of literals; only ``sys.stdout``/``sys.stderr`` may be named."""
+    try:
+        node = ast.parse(value, mode="eval").body
+    except SyntaxError:
+        return [f"{option} = {value!r} does not parse; fileConfig would eval it"]
+    expected = ast.Tuple if option == "args" else ast.Dict
+    if not isinstance(node, expected):
+        return [f"{option} must be a literal {'tuple' if option == 'args' else 'dict'}, got {value!r}"]
+    for child in ast.walk(node):
+        if isinstance(child, ast.Attribute) and _qualname(child) in STREAM_NAMES:
+            continue
+        if isinstance(child, ast.Name) and child.id == "sys":
+            continue
+        if not isinstance(child, ast.Constant | ast.Tuple | ast.Dict | ast.List | ast.Load | ast.Attribute | ast.Name):
+            return [f"{option} = {value!r} is not literal: fileConfig would eval it ({type(child).__name__})"]
+        if isinstance(child, ast.Name | ast.Attribute):
+            return [f"{option} = {value!r} names {ast.unparse(child)}; only sys.stdout and sys.stderr are accepted"]
+    return []
 
 
 def _audit_logging_conf(path: Path, source: str) -> list[AuditItem]:
-    parser = configparser.RawConfigParser()
+    """Read logging.conf as fileConfig does (``%(name)s`` interpolation included) and accept only known classes
+    with literal arguments, since fileConfig evaluates ``args`` and ``kwargs`` after interpolating them."""
+    parser = configparser.ConfigParser()  # the class and interpolation fileConfig uses
     try:
         parser.read(path)
     except configparser.Error as err:
         return [AuditItem(source, "", "logging", path.name, (f"cannot be parsed: {err}",))]
-    # fileConfig evaluates `args` and `kwargs` with the logging module's namespace, which includes sys and os.
-    names = {"sys": "sys", "os": "os", "logging": "logging", "handlers": "logging.handlers"}
     items = []
     for section in parser.sections():
         if not section.startswith(("handler_", "formatter_")):
             continue
+        handler = section.startswith("handler_")
         for option in ("class", "args", "kwargs"):
-            if not parser.has_option(section, option):
+            if not parser.has_option(section, option) or (option != "class" and not handler):
                 continue
-            value = parser.get(section, option).strip()
-            if option != "class":
-                flags = audit_expression(value, names)
-            elif not re.fullmatch(r"[\w.]+", value):
-                flags = audit_expression(value, names)
+            raw = parser.get(section, option, raw=True).strip()
+            try:
+                value = parser.get(section, option).strip()
+            except configparser.InterpolationError as err:
+                items.append(AuditItem(source, f"[{section}] {option}", "logging", raw, (f"interpolation: {err}",)))
+                continue
+            shown = raw if raw == value else f"{raw} -> {value}"
+            if option == "class":
+                known = KNOWN_HANDLERS if handler else KNOWN_FORMATTERS
+                flags = (
+                    []
+                    if _known_class(value, known)
+                    else [
+                        f"class {value!r} is not one of the accepted {'handlers' if handler else 'formatters'} "
+                        f"({', '.join(sorted(known))})"
+                    ]
+                )
             else:
-                qualname = _logging_qualname(value)
-                flags = _module_flags(qualname)
-                if qualname in WRITERS:
-                    try:
-                        args = ast.parse(parser.get(section, "args", fallback="()"), mode="eval").body
-                    except SyntaxError:
-                        args = None
-                    path_node = args.elts[0] if isinstance(args, ast.Tuple) and args.elts else args
-                    flags += _write_flags(qualname, path_node, None)
-            items.append(AuditItem(source, f"[{section}] {option}", "logging", value, tuple(flags)))
+                flags = _literal_flags(value, option)
+                if not flags and option == "args" and _known_class(parser.get(section, "class"), {"FileHandler"}):
+                    path_node = ast.parse(value, mode="eval").body
+                    flags = _write_flags("logging.FileHandler", path_node.elts[0] if path_node.elts else None, None)
+            items.append(AuditItem(source, f"[{section}] {option}", "logging", shown, tuple(flags)))
     return items
 
 
