@@ -6,6 +6,6 @@ bundle can refer to them with fully dotted targets such as ``monai_ext.networks.
 
 __version__ = "0.1.0"
 
-from monai_ext import bundle, legacy, networks  # noqa: E402
+from monai_ext import bundle, legacy, networks, sharing  # noqa: E402
 
-__all__ = ["__version__", "bundle", "legacy", "networks"]
+__all__ = ["__version__", "bundle", "legacy", "networks", "sharing"]

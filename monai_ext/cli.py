@@ -17,11 +17,11 @@ COMMANDS: dict[str, str] = {
     "convert_legacy_diffusion_unet": "monai_ext.legacy.commands:convert_legacy_diffusion_unet",
     "convert_legacy_controlnet": "monai_ext.legacy.commands:convert_legacy_controlnet",
     "check_data": "monai_ext.bundle.data_check:check_data",
-    "record_sha256": "monai_ext.bundle.checkpoint:record_sha256",
-    "audit": "monai_ext.bundle.audit:audit",
-    "keygen": "monai_ext.bundle.signing:keygen",
-    "pack": "monai_ext.bundle.packaging:pack",
-    "unpack": "monai_ext.bundle.packaging:unpack",
+    "record_sha256": "monai_ext.sharing.checkpoint:record_sha256",
+    "audit": "monai_ext.sharing.audit:audit",
+    "keygen": "monai_ext.sharing.signing:keygen",
+    "pack": "monai_ext.sharing.packaging:pack",
+    "unpack": "monai_ext.sharing.packaging:unpack",
 }
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from monai_ext.bundle.audit import audit, audit_bundle, format_report
+from monai_ext.sharing.audit import audit, audit_bundle, format_report
 
 BUNDLES_DIR = Path(__file__).parents[1] / "bundles"
 REPO_BUNDLES = sorted(p.parents[1] for p in BUNDLES_DIR.glob("*/configs/metadata.json"))
@@ -59,7 +59,7 @@ TRAIN = {
             {"_target_": "Lambdad", "keys": "image", "func": "$lambda x: x / x.max()"},
         ],
     },
-    "ckpt": "$monai_ext.bundle.checkpoint.load_checkpoint(@bundle_root + '/models/model.pt')",
+    "ckpt": "$monai_ext.sharing.checkpoint.load_checkpoint(@bundle_root + '/models/model.pt')",
     "shared": "%configs/common.json#roi",
     "initialize": ["$monai.utils.set_determinism(seed=0)"],
     "run": ["$@network.train()"],

@@ -10,7 +10,7 @@ import torch
 from bundle_cli import config_files, copy_bundle, run_cli, run_export_without_monai_ext, tiny_msd, trained_network
 
 from monai_ext.bundle import datalist
-from monai_ext.bundle.checkpoint import load_checkpoint, verify_sha256
+from monai_ext.sharing.checkpoint import load_checkpoint, verify_sha256
 
 pytestmark = pytest.mark.slow
 

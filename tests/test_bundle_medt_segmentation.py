@@ -17,7 +17,7 @@ from bundle_cli import (
 )
 
 from monai_ext.bundle import datalist
-from monai_ext.bundle.checkpoint import load_checkpoint, verify_sha256
+from monai_ext.sharing.checkpoint import load_checkpoint, verify_sha256
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from bundle_cli import config_files, copy_bundle, run_cli, tiny_msd
 
-from monai_ext.bundle.audit import audit_bundle
-from monai_ext.bundle.checkpoint import load_checkpoint, verify_sha256
-from monai_ext.bundle.packaging import pack_bundle, run_command, unpack, unpack_bundle
+from monai_ext.sharing.audit import audit_bundle
+from monai_ext.sharing.checkpoint import load_checkpoint, verify_sha256
+from monai_ext.sharing.packaging import pack_bundle, run_command, unpack, unpack_bundle
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from bundle_cli import REPO_ROOT, copy_bundle, run_cli, run_export_without_monai
 from conftest import SHARED
 from monai.bundle import ConfigParser, verify_metadata
 
-from monai_ext.bundle.checkpoint import verify_sha256
+from monai_ext.sharing.checkpoint import verify_sha256
 
 pytestmark = pytest.mark.slow
 

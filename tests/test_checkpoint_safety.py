@@ -13,7 +13,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
-from monai_ext.bundle.checkpoint import (
+from monai_ext.sharing.checkpoint import (
     SHA256_MANIFEST,
     AtomicCheckpointSaver,
     AtomicDiskSaver,
@@ -169,7 +169,7 @@ def test_checked_loader_loads_a_recorded_checkpoint(tmp_path):
 
 WRITER = """
 import sys, torch
-from monai_ext.bundle.checkpoint import atomic_torch_save
+from monai_ext.sharing.checkpoint import atomic_torch_save
 step = 0
 while True:
     step += 1

@@ -12,9 +12,9 @@ import torch
 from generative.networks.nets import AutoencoderKL as LegacyAutoencoderKL
 from monai.networks.nets import AutoencoderKL as MonaiAutoencoderKL
 
-from monai_ext.bundle.checkpoint import verify_sha256
 from monai_ext.legacy import LegacyCheckpointError, convert_autoencoderkl_state_dict
 from monai_ext.networks.nets import AutoencoderKL
+from monai_ext.sharing.checkpoint import verify_sha256
 
 LAYOUTS = list(itertools.product([True, False], [True, False]))  # include_fc x use_combined_linear
 ARCHITECTURE = {

@@ -17,12 +17,12 @@ from generative.networks.nets import ControlNet as LegacyControlNet
 from generative.networks.nets import DiffusionModelUNet as LegacyDiffusionModelUNet
 from monai.networks.nets import ControlNet, DiffusionModelUNet
 
-from monai_ext.bundle.checkpoint import verify_sha256
 from monai_ext.legacy import (
     LegacyCheckpointError,
     convert_controlnet_state_dict,
     convert_diffusion_unet_state_dict,
 )
+from monai_ext.sharing.checkpoint import verify_sha256
 
 LAYOUTS = [
     {"include_fc": fc, "use_combined_linear": combined}

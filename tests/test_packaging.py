@@ -10,8 +10,8 @@ from importlib import metadata
 import pytest
 import torch
 
-from monai_ext.bundle.checkpoint import CheckpointIntegrityError, atomic_torch_save, record_sha256
-from monai_ext.bundle.packaging import PACKAGE_MANIFEST, PackageError, pack_bundle, unpack, unpack_bundle
+from monai_ext.sharing.checkpoint import CheckpointIntegrityError, atomic_torch_save, record_sha256
+from monai_ext.sharing.packaging import PACKAGE_MANIFEST, PackageError, pack_bundle, unpack, unpack_bundle
 
 SHIPPED = [
     "LICENSE",
@@ -231,7 +231,7 @@ def test_unpack_prints_only_plain_pep508_pins_and_refuses_the_rest(where, name, 
 
 @pytest.fixture
 def keys(tmp_path):
-    from monai_ext.bundle.signing import keygen
+    from monai_ext.sharing.signing import keygen
 
     made = {}
     for lab in ("ours", "other"):

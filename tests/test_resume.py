@@ -9,8 +9,8 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from monai_ext.bundle.checkpoint import load_checkpoint, read_manifest
 from monai_ext.bundle.resume import BestMetricState, ResumableCheckpointer, find_latest_checkpoint
+from monai_ext.sharing.checkpoint import load_checkpoint, read_manifest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny_training  # noqa: E402

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from monai_ext.bundle.audit import audit_bundle
-from monai_ext.bundle.checkpoint import load_checkpoint
-from monai_ext.bundle.packaging import pack_bundle, unpack_bundle
+from monai_ext.sharing.audit import audit_bundle
+from monai_ext.sharing.checkpoint import load_checkpoint
+from monai_ext.sharing.packaging import pack_bundle, unpack_bundle
 
 TRAIN = {
     "imports": ["$import os", "$import monai_ext"],
@@ -81,7 +81,7 @@ TRAIN = {
         },  # fmt: skip
         "handlers": [
             {
-                "_target_": "monai_ext.bundle.checkpoint.AtomicCheckpointSaver",
+                "_target_": "monai_ext.sharing.checkpoint.AtomicCheckpointSaver",
                 "save_dir": "@ckpt_dir",
                 "save_dict": {"model": "@network"},
                 "save_key_metric": True,

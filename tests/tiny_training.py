@@ -19,8 +19,8 @@ from ignite.metrics import MeanSquaredError
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import LrScheduleHandler, ValidationHandler, from_engine
 
-from monai_ext.bundle.checkpoint import AtomicCheckpointSaver
 from monai_ext.bundle.resume import BestMetricState, ResumableCheckpointer
+from monai_ext.sharing.checkpoint import AtomicCheckpointSaver
 
 LR = 0.002
 LR_GAMMA = 2.0

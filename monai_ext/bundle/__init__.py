@@ -1,31 +1,27 @@
-"""Support code that the bundles under ``bundles/`` reach through ``$import monai_ext`` (data, handlers, safety)."""
+"""Workflow support code that the bundles under ``bundles/`` reach through ``$import monai_ext`` (data, handlers, logs).
+
+The tools for sharing bundles safely (checkpoint integrity, audit, pack/unpack, signing) live in
+:mod:`monai_ext.sharing`.
+"""
 
 from monai_ext.bundle import (
-    audit,
     autoencoder,
-    checkpoint,
     data_check,
     datalist,
     logs,
-    packaging,
     paths,
     previews,
     resume,
-    signing,
     synthetic,
 )
 
 __all__: list[str] = [
-    "audit",
     "autoencoder",
-    "checkpoint",
     "data_check",
     "datalist",
     "logs",
-    "packaging",
     "paths",
     "previews",
     "resume",
-    "signing",
     "synthetic",
 ]

@@ -17,7 +17,7 @@ from typing import Any
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
-from monai_ext.bundle.checkpoint import AtomicDiskSaver, load_checkpoint, read_manifest
+from monai_ext.sharing.checkpoint import AtomicDiskSaver, load_checkpoint, read_manifest
 
 __all__ = ["BestMetricState", "ResumableCheckpointer", "find_latest_checkpoint"]
 

@@ -44,9 +44,9 @@ def _convert_file(
     force: bool,
     proj_attn_applied: bool,
 ) -> str:
-    from monai_ext.bundle.checkpoint import save_checkpoint
     from monai_ext.legacy.attention_layout import convert_attention_layout
     from monai_ext.legacy.checkpoint import LegacyCheckpointError
+    from monai_ext.sharing.checkpoint import save_checkpoint
 
     src, dst_path = str(src), Path(str(dst))
     if dst_path.exists() and not force:

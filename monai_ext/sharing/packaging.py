@@ -4,7 +4,7 @@ The archive holds what a bundle needs to run (configs, docs, license, model file
 manifest with the SHA-256 of every file and the package versions it was made with. Run outputs, training
 checkpoints, caches, logs, TensorBoard runs and datasets are left out. Unpacking refuses path traversal (``..``,
 absolute paths), links and any file whose hash differs, extracts into a fresh directory only once everything checks
-out, audits the configs (:mod:`monai_ext.bundle.audit`) and says what to install and how to run it. A bundle folder
+out, audits the configs (:mod:`monai_ext.sharing.audit`) and says what to install and how to run it. A bundle folder
 is complete on its own, so the archive holds that folder and nothing from around it.
 """
 
@@ -26,16 +26,16 @@ from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 
-from monai_ext.bundle import signing
-from monai_ext.bundle.audit import audit_bundle, format_report
-from monai_ext.bundle.checkpoint import (
+from monai_ext.sharing import signing
+from monai_ext.sharing.audit import audit_bundle, format_report
+from monai_ext.sharing.checkpoint import (
     SHA256_MANIFEST,
     CheckpointIntegrityError,
     atomic_write,
     read_manifest,
     verify_sha256,
 )
-from monai_ext.bundle.signing import SIGNATURE_FILE
+from monai_ext.sharing.signing import SIGNATURE_FILE
 
 __all__ = [
     "PACKAGE_MANIFEST",
@@ -121,7 +121,7 @@ def pack_bundle(
     Args:
         bundle_dir: the bundle root (holding ``configs/``).
         out_zip: the archive to write (atomically; an existing file is replaced).
-        sign: an Ed25519 private key (PEM) to sign the manifest with (see :mod:`monai_ext.bundle.signing`).
+        sign: an Ed25519 private key (PEM) to sign the manifest with (see :mod:`monai_ext.sharing.signing`).
 
     Returns:
         The manifest written into the archive: ``format``, ``bundle``, ``versions`` and ``files`` (path -> SHA-256).
@@ -251,7 +251,7 @@ def unpack_bundle(
         PackageError: an absolute or ``..`` entry, a link, a file missing from or absent in the manifest, a hash
             mismatch, a size, count or ratio above its limit, or a missing/invalid manifest. The message names the
             entry.
-        monai_ext.bundle.signing.SignatureError: ``trust`` is given and the archive is unsigned, signed by another
+        monai_ext.sharing.signing.SignatureError: ``trust`` is given and the archive is unsigned, signed by another
             key, or altered after signing.
         CheckpointIntegrityError: a model file differs from the hash recorded in the bundle.
         FileExistsError: ``dest`` exists and is not empty.

@@ -206,7 +206,7 @@ def verify_sha256(path: str | os.PathLike) -> str:
     if record is None:
         raise CheckpointIntegrityError(
             f"{path}: no SHA-256 recorded in {path.parent / SHA256_MANIFEST}; if you trust this file, record it with "
-            f"monai_ext.bundle.checkpoint.record_sha256('{path}')"
+            f"monai_ext.sharing.checkpoint.record_sha256('{path}')"
         )
     digest = file_sha256(path)
     if digest != record["sha256"]:

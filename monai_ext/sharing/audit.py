@@ -97,12 +97,12 @@ DANGEROUS_PREFIXES = {
     "monai.bundle.load": "downloads from the network",
     "pickle": "unpickling runs arbitrary code",
     "torch.serialization": "loads checkpoints or changes what weights-only loads may call (add_safe_globals); "
-    "load weights with monai_ext.bundle.checkpoint.load_checkpoint",
-    "torch.load": "loads a checkpoint without a SHA-256 check; use monai_ext.bundle.checkpoint.load_checkpoint",
+    "load weights with monai_ext.sharing.checkpoint.load_checkpoint",
+    "torch.load": "loads a checkpoint without a SHA-256 check; use monai_ext.sharing.checkpoint.load_checkpoint",
     "monai.handlers.CheckpointLoader": "loads weights without a SHA-256 check; use "
-    "monai_ext.bundle.checkpoint.CheckedCheckpointLoader",
+    "monai_ext.sharing.checkpoint.CheckedCheckpointLoader",
     "monai.handlers.checkpoint_loader": "loads weights without a SHA-256 check; use "
-    "monai_ext.bundle.checkpoint.CheckedCheckpointLoader",
+    "monai_ext.sharing.checkpoint.CheckedCheckpointLoader",
     "torch.package": "imports code packed with the model",
     "torch.ops.load_library": "loads native code",
     "marshal": "loads code objects",

@@ -1,0 +1,7 @@
+"""Sharing bundles between labs safely: checkpoint integrity, the allow-list audit, the safe runner, pack/unpack and
+signing. A bundle from another lab is hostile input: these tools allow what they can prove safe and refuse the rest.
+"""
+
+from monai_ext.sharing import audit, checkpoint, packaging, signing
+
+__all__ = ["audit", "checkpoint", "packaging", "signing"]
