@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "check_data": "monai_ext.bundle.data_check:check_data",
     "record_sha256": "monai_ext.sharing.checkpoint:record_sha256",
     "audit": "monai_ext.sharing.audit:audit",
+    "run": "monai_ext.sharing.safe_run:run",
     "keygen": "monai_ext.sharing.signing:keygen",
     "pack": "monai_ext.sharing.packaging:pack",
     "unpack": "monai_ext.sharing.packaging:unpack",

@@ -56,7 +56,7 @@ TRAIN = {
         "_target_": "Compose",
         "transforms": [
             {"_target_": "LoadImaged", "keys": ["image"]},
-            {"_target_": "Lambdad", "keys": "image", "func": "$lambda x: x / x.max()"},
+            {"_target_": "ScaleIntensityd", "keys": "image"},
         ],
     },
     "ckpt": "$monai_ext.sharing.checkpoint.load_checkpoint(@bundle_root + '/models/model.pt')",
@@ -67,50 +67,61 @@ TRAIN = {
 
 # key -> (value, expected flag text). Each is inserted into a copy of the clean train.json.
 DANGEROUS = {
-    "shell": ("$os.system('touch EXECUTED')", "os.system: runs a shell command"),
-    "process": ("$subprocess.run(['ls'])", "subprocess.run: starts other programs"),
-    "evaluate": ("$eval('1 + 1')", "eval: eval runs arbitrary code"),
-    "execute": ("$exec('x = 1')", "exec: exec runs arbitrary code"),
-    "dynamic_import": ("$__import__('os').getcwd()", "__import__: __import__ imports modules dynamically"),
-    "network_socket": ("$socket.create_connection(('example.org', 80))", "socket.create_connection: opens network"),
-    "network_url": ("$urllib.request.urlopen('http://example.org')", "urlopen: accesses the network"),
-    "download": ("$monai.apps.download_url('http://example.org/w.pt', 'w.pt')", "downloads from the network"),
-    "write_absolute": ("$open('/etc/cron.d/job', 'w')", "open writes to '/etc/cron.d/job', outside the bundle root"),
-    "write_parent": ("$open('../../outside.txt', 'a')", "open writes to '../../outside.txt', outside the bundle"),
-    "write_path": ("$pathlib.Path('/tmp/x').write_text('x')", ".write_text() writes to '/tmp/x', outside"),
-    "delete_tree": ("$shutil.rmtree(@bundle_root)", "shutil.rmtree: deletes directory trees"),
-    "delete_file": ("$os.remove(@bundle_root + '/models/model.pt')", "os.remove: deletes files"),
-    "unsafe_load": ("$torch.load(@bundle_root + '/models/model.pt')", "torch.load: loads a checkpoint without a SHA"),
+    "shell": ("$os.system('touch EXECUTED')", "os.system: posix.system is not on the allow-list"),
+    "process": ("$subprocess.run(['ls'])", "subprocess: not defined by any import of the bundle"),
+    "evaluate": ("$eval('1 + 1')", "eval: builtins.eval is not an allowed builtin"),
+    "execute": ("$exec('x = 1')", "exec: builtins.exec is not an allowed builtin"),
+    "dynamic_import": ("$__import__('os').getcwd()", "__import__: names starting with _ are refused"),
+    "network_socket": ("$socket.create_connection(('example.org', 80))", "socket: not defined by any import"),
+    "network_url": ("$urllib.request.urlopen('http://example.org')", "urllib: not defined by any import"),
+    "download": (
+        "$monai.apps.download_url('http://example.org/w.pt', 'w.pt')",
+        "monai.apps.download_url: monai.apps.utils.download_url is not on the allow-list",
+    ),
+    "write_absolute": ("$open('/etc/cron.d/job', 'w')", "open: builtins.open is not an allowed builtin"),
+    "write_parent": ("$os.makedirs('../../outside')", "os.makedirs writes to a path not provably inside the bundle"),
+    "write_path": ("$pathlib.Path('/tmp/x').write_text('x')", "pathlib: not defined by any import of the bundle"),
+    "delete_tree": ("$shutil.rmtree(@bundle_root)", "shutil: not defined by any import of the bundle"),
+    "delete_file": (
+        "$os.remove(@bundle_root + '/models/model.pt')",
+        "os.remove: posix.remove is not on the allow-list",
+    ),
+    "unsafe_load": (
+        "$torch.load(@bundle_root + '/models/model.pt')",
+        "torch.load: torch.serialization.load is not on the allow-list",
+    ),
     "unhashed_load": (
         "$torch.load(@bundle_root + '/models/model.pt', weights_only=True)",
-        "torch.load: loads a checkpoint without a SHA-256 check",
+        "torch.load: torch.serialization.load is not on the allow-list",
     ),
     "safe_globals": (
         "$torch.serialization.add_safe_globals([monai.utils.run_cmd])",
-        "torch.serialization.add_safe_globals: loads checkpoints or changes what weights-only loads may call",
+        "torch.serialization.add_safe_globals is not on the allow-list",
     ),
+    "dunder": ("$().__class__.__base__.__subclasses__()", "attributes starting with _ are refused"),
+    "lambda": ("$lambda x: x / x.max()", "lambda: defines a function in the config"),
+    "unknown_call": ("$@files.pop()", "calls an object of unknown type"),
+    "target_process": ({"_target_": "subprocess.Popen", "args": ["ls"]}, "subprocess.Popen lies outside"),
+    "target_exec": ({"_target_": "builtins.exec", "source": "x = 1"}, "builtins.exec lies outside"),
+    "target_beyond": ({"_target_": "sklearn.svm.SVC"}, "sklearn.svm.SVC lies outside the importable packages"),
+    "outside_macro": ("%../../elsewhere/configs/x.json#roi", "pulls config from '../../elsewhere/configs/x.json'"),
     "target_monai_loader": (
         {"_target_": "monai.handlers.CheckpointLoader", "load_path": "m.pt", "load_dict": {}},
-        "monai.handlers.CheckpointLoader: loads weights without a SHA-256 check",
+        "monai.handlers.checkpoint_loader.CheckpointLoader is refused",
     ),
     "target_short_loader": (
         {"_target_": "CheckpointLoader", "load_path": "m.pt", "load_dict": {}},
-        "monai.handlers.checkpoint_loader.CheckpointLoader: loads weights without a SHA-256 check",
+        "monai.handlers.checkpoint_loader.CheckpointLoader is refused",
     ),
     "target_short_builtin": ({"_target_": "eval", "source": "1"}, "short _target_ 'eval' is no MONAI component"),
     "target_short_ambiguous": ({"_target_": "SABlock", "hidden_size": 8, "num_heads": 2}, "'SABlock' is ambiguous"),
-    "dunder": ("$().__class__.__base__.__subclasses__()", "accesses __subclasses__: dunder attributes"),
-    "target_process": ({"_target_": "subprocess.Popen", "args": ["ls"]}, "subprocess.Popen: starts other programs"),
-    "target_exec": ({"_target_": "builtins.exec", "source": "x = 1"}, "builtins.exec: reaches Python's builtins"),
-    "target_beyond": ({"_target_": "sklearn.svm.SVC"}, "sklearn.svm.SVC: reaches beyond monai, monai_ext, torch"),
-    "outside_macro": ("%../../elsewhere/configs/x.json#roi", "pulls config from '../../elsewhere/configs/x.json'"),
 }
 DANGEROUS_IMPORTS = {
-    "$import subprocess": "subprocess: starts other programs",
-    "$import socket": "socket: opens network connections",
-    "$import urllib.request": "urllib.request: accesses the network",
-    "$import shutil": "shutil: reaches beyond",
-    "$import pathlib": None,
+    "$import subprocess": "import of subprocess: not on the allow-list",
+    "$import socket": "import of socket: not on the allow-list",
+    "$import urllib.request": "import of urllib.request: not on the allow-list",
+    "$import shutil": "import of shutil: not on the allow-list",
+    "$import pathlib": "import of pathlib: not on the allow-list",
 }
 DANGEROUS_LOGGING = """
 [handler_remote]
@@ -151,11 +162,11 @@ def test_clean_bundle_lists_everything_and_flags_nothing(clean_bundle):
     assert [item for item in items if item.flags] == []
     listed = {(item.source, item.key, item.kind) for item in items}
     expected = {
-        ("configs/train.json", "imports#2", "import"),
+        ("configs/train.json", "imports::2", "import"),
         ("configs/train.json", "device", "expression"),
-        ("configs/train.json", "network_def#_target_", "_target_"),
-        ("configs/train.json", "preprocessing#transforms#1#func", "expression"),
-        ("configs/train.json", "initialize#0", "expression"),
+        ("configs/train.json", "network_def::_target_", "_target_"),
+        ("configs/train.json", "preprocessing::transforms::1::_target_", "_target_"),
+        ("configs/train.json", "initialize::0", "expression"),
         ("configs/train.json", "shared", "macro"),
         ("configs/logging.conf", "[handler_consoleHandler] class", "logging"),
         ("configs/logging.conf", "[handler_consoleHandler] args", "logging"),
@@ -164,13 +175,15 @@ def test_clean_bundle_lists_everything_and_flags_nothing(clean_bundle):
     expressions = sum(isinstance(v, str) and v.startswith("$") for v in json.dumps(TRAIN).split('"'))
     assert sum(item.kind in ("expression", "import") for item in items) == expressions
     assert format_report(items).endswith(f"{len(items)} items would execute, 0 flagged")
+    resolved = {item.key: item.resolved for item in items if item.kind == "_target_"}
+    assert resolved["preprocessing::transforms::1::_target_"] == "monai.transforms.intensity.dictionary.ScaleIntensityd"
 
 
 def test_every_dangerous_expression_is_flagged_naming_file_and_key(doctored_bundle):
     items = audit_bundle(doctored_bundle)
     flags = {(item.source, item.key): " | ".join(item.flags) for item in items}
     for key, (value, expected) in DANGEROUS.items():
-        full_key = f"{key}#_target_" if isinstance(value, dict) else key
+        full_key = f"{key}::_target_" if isinstance(value, dict) else key
         assert expected in flags[("configs/train.json", full_key)], key
     imports = {item.text: " | ".join(item.flags) for item in items if item.kind == "import"}
     for line, expected in DANGEROUS_IMPORTS.items():
@@ -184,9 +197,9 @@ def test_every_dangerous_expression_is_flagged_naming_file_and_key(doctored_bund
         in (flags[("configs/logging.conf", "[handler_file] args")])
     )
     report = format_report(items)
-    assert "   FLAG configs/train.json: shell: os.system: runs a shell command" in report.splitlines()
+    assert "   FLAG configs/train.json: shell: os.system: posix.system is not on the allow-list" in report.splitlines()
     # untouched entries of the clean config stay unflagged
-    assert flags[("configs/train.json", "network_def#_target_")] == ""
+    assert flags[("configs/train.json", "network_def::_target_")] == ""
 
 
 def test_strict_exit_codes(clean_bundle, doctored_bundle, tmp_path, capsys):
@@ -195,7 +208,7 @@ def test_strict_exit_codes(clean_bundle, doctored_bundle, tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         audit(str(doctored_bundle), strict=True)
     assert exited.value.code == 1
-    assert "FLAG configs/train.json: delete_tree: shutil.rmtree" in capsys.readouterr().out
+    assert "FLAG configs/train.json: delete_tree: shutil: not defined" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exited:
         audit(str(tmp_path / "nope"))
     assert exited.value.code == 2 and "no configs directory" in capsys.readouterr().out
@@ -206,7 +219,7 @@ def test_cli_strict_fails_on_flags_and_executes_nothing(doctored_bundle, tmp_pat
     command = [sys.executable, "-m", "monai_ext", "audit", str(doctored_bundle), "--strict"]
     strict = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
     assert strict.returncode == 1
-    assert "FLAG configs/train.json: shell: os.system: runs a shell command" in strict.stdout
+    assert "FLAG configs/train.json: shell: os.system: posix.system is not on the allow-list" in strict.stdout
     assert not (tmp_path / "EXECUTED").exists()
 
 
@@ -230,7 +243,7 @@ def test_doctored_copy_of_clean_bundle_differs_only_by_the_inserted_flags(clean_
     train["run"].append("$os.system('echo hi')")
     (copy / "configs" / "train.json").write_text(json.dumps(train))
     flagged = [(item.key, item.flags) for item in audit_bundle(copy) if item.flags]
-    assert flagged == [("run#1", ("os.system: runs a shell command",))]
+    assert flagged == [("run::1", ("os.system: posix.system is not on the allow-list",))]
 
 
 # logging.conf constructs: (handler section body, expected flag). fileConfig interpolates args, then evals them.

@@ -9,11 +9,21 @@ from ignite.handlers import ProgressBar
 from monai.handlers import StatsHandler
 from monai.utils import is_scalar
 
-__all__ = ["EvaluationStatsHandler", "LossProgressBar", "loss_value"]
+__all__ = ["EvaluationStatsHandler", "LossProgressBar", "image_meta", "loss_value"]
 
 # MONAI's Workflow logs this whenever a key metric beats the previous epochs, including the single epoch of an
 # evaluation run, where there is nothing to beat.
 _BEST_METRIC_PREFIX = "Got new best metric"
+
+
+def image_meta(batch: Any, key: str = "image") -> list[dict]:
+    """The metadata of each case's image in a decollated batch: MONAI's ``MetricsSaver`` takes it as
+    ``batch_transform`` to name each row of its CSV after the case's file.
+
+    Raises:
+        KeyError: when a case holds no ``key``.
+    """
+    return [dict(case[key].meta) for case in batch]
 
 
 def loss_value(output: Any, key: str = "loss") -> float:

@@ -2,6 +2,6 @@
 signing. A bundle from another lab is hostile input: these tools allow what they can prove safe and refuse the rest.
 """
 
-from monai_ext.sharing import audit, checkpoint, packaging, signing
+from monai_ext.sharing import allowlist, audit, checkpoint, packaging, safe_run, signing
 
-__all__ = ["audit", "checkpoint", "packaging", "signing"]
+__all__ = ["allowlist", "audit", "checkpoint", "packaging", "safe_run", "signing"]

@@ -1,0 +1,228 @@
+"""``python -m monai_ext run BUNDLE_DIR``: run a bundle from another lab, refusing what the allow-list does not cover.
+
+The same workflows as ``python -m monai.bundle run`` (MONAI's ``ConfigWorkflow``: initialize, run, finalize), with
+MONAI's parser replaced by one whose items check themselves at the moment MONAI evaluates them: every ``$``
+expression as MONAI will ``eval`` it (``#`` rewritten, references substituted, the live objects behind ``@id`` and
+the shared imports known), and every ``_target_`` as the object MONAI resolved, with its arguments. Anything not
+provably on the allow-list of :mod:`monai_ext.sharing.allowlist`, overrides included, is refused before it runs,
+and ``logging.conf`` is checked before MONAI applies it. Writers may only write inside the bundle or inside a folder
+given on the command line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from monai.bundle import ConfigComponent, ConfigExpression, ConfigItem, ConfigParser, ConfigWorkflow
+
+from monai_ext.sharing.allowlist import (
+    REFS,
+    UNKNOWN,
+    WRITERS,
+    Allowlist,
+    Namespace,
+    Value,
+    check_code,
+    qualified_name,
+    resolve_dotted,
+)
+from monai_ext.sharing.audit import COMPONENT_MODES, audit_logging_conf
+
+__all__ = ["UnsafeConfigError", "run", "run_bundle"]
+
+
+class UnsafeConfigError(RuntimeError):
+    """A config item was refused before it ran; the message names the item and every reason."""
+
+
+class _Guard:
+    def __init__(self, bundle_root: Path, allowlist: Allowlist, trusted: Sequence[Path]) -> None:
+        self.roots = [bundle_root.resolve(), *(p.resolve() for p in trusted)]
+        self.allowlist = allowlist
+
+    def path_allowed(self, path: str) -> bool:
+        real = Path(os.path.realpath(path))
+        return any(real == root or real.is_relative_to(root) for root in self.roots)
+
+    def namespace(self, parser_globals: dict, evaluation_globals: dict | None) -> Namespace:
+        refs = (evaluation_globals or {}).get(REFS, {})
+        return Namespace(
+            {name: Value.of(obj) for name, obj in parser_globals.items()},
+            lambda ref_id: Value.of(refs[ref_id]) if ref_id in refs else UNKNOWN,
+            self.path_allowed,
+        )
+
+    def refuse(self, item_id: str, what: str, problems: list[str]) -> None:
+        if problems:
+            raise UnsafeConfigError(f"refused {item_id or '<root>'}: {what!r:.200}: " + "; ".join(problems))
+
+    def check_component(self, item_id: str, config: dict, module_name: Any) -> None:
+        problems = []
+        mode = config.get("_mode_", "default")
+        if mode not in COMPONENT_MODES:
+            problems.append(f"_mode_ {mode!r} is refused (only {', '.join(COMPONENT_MODES)})")
+        if "_debug_" in config:
+            problems.append("_debug_ opens a debugger")
+        target = module_name
+        if isinstance(module_name, str):
+            target, reason = resolve_dotted(module_name, self.allowlist)
+            if reason:
+                problems.append(reason)
+        if target is not None:
+            reason = self.allowlist.reason(target)
+            if reason:
+                problems.append(reason)
+            name = qualified_name(target)
+            if (
+                name == "monai_ext.sharing.checkpoint.CheckedCheckpointLoader"
+                and config.get("verify", True) is not True
+            ):
+                problems.append("verify must stay true: checkpoint verification cannot be switched off")
+            if name in WRITERS and isinstance(config.get(WRITERS[name][0]), str | os.PathLike):
+                path = os.fspath(config[WRITERS[name][0]])
+                if not self.path_allowed(path):
+                    problems.append(f"{name} writes to {path!r}, outside the bundle and the folders you named")
+        self.refuse(item_id, f"_target_ {module_name}", problems)
+
+
+class _CheckedExpression(ConfigExpression):
+    def __init__(self, config: Any, id: str, globals: dict, guard: _Guard) -> None:
+        super().__init__(config=config, id=id, globals=globals)
+        self.guard = guard
+
+    def evaluate(self, globals: dict | None = None, locals: dict | None = None) -> Any:
+        value = self.get_config()
+        if ConfigExpression.is_expression(value):
+            code = value[len(self.prefix) :]
+            check = check_code(code, self.guard.namespace(self.globals, globals), self.guard.allowlist)
+            self.guard.refuse(self.id, value, check.problems)
+        return super().evaluate(globals, locals)
+
+
+class _CheckedComponent(ConfigComponent):
+    def __init__(self, config: Any, id: str, locator: Any, guard: _Guard) -> None:
+        super().__init__(config=config, id=id, locator=locator)
+        self.guard = guard
+
+    def instantiate(self, **kwargs: Any) -> object:
+        if self.is_instantiable(self.get_config()) and not self.is_disabled():
+            self.guard.check_component(self.id, self.get_config(), self.resolve_module_name())
+        return super().instantiate(**kwargs)
+
+
+class _CheckedParser(ConfigParser):
+    """MONAI's parser whose expression and component items check themselves before they run."""
+
+    def __init__(self, config: Any, guard: _Guard) -> None:
+        self.guard = guard
+        super().__init__(config=config)
+
+    def _do_parse(self, config: Any, id: str = "") -> None:
+        if isinstance(config, dict | list):
+            for _, sub_id, value in self.ref_resolver.iter_subconfigs(id=id, config=config):
+                self._do_parse(config=value, id=sub_id)
+        if ConfigComponent.is_instantiable(config):
+            self.ref_resolver.add_item(_CheckedComponent(config, id, self.locator, self.guard))
+        elif ConfigExpression.is_expression(config):
+            self.ref_resolver.add_item(_CheckedExpression(config, id, self.globals, self.guard))
+        else:
+            self.ref_resolver.add_item(ConfigItem(config=config, id=id))
+
+
+def _user_folders(overrides: dict[str, Any]) -> list[Path]:
+    """Folders the person running the bundle named in overrides (``--output_dir /data/out``): they may be written."""
+    return [Path(v) for v in overrides.values() if isinstance(v, str) and os.path.isabs(v)]
+
+
+def run_bundle(
+    bundle_dir: str | os.PathLike,
+    config_file: str | Sequence[str] | None = None,
+    meta_file: str | None = None,
+    logging_file: str | bool | None = None,
+    allow: Sequence[str] = (),
+    **override: Any,
+) -> ConfigWorkflow:
+    """Run a bundle's workflow like ``monai.bundle.run``, checking every item the moment before MONAI runs it.
+
+    Args:
+        bundle_dir: the bundle root (holding ``configs/``).
+        config_file: config files, relative to the bundle root or absolute; default ``configs/train.json``.
+        meta_file: default ``configs/metadata.json`` when it exists.
+        logging_file: default ``configs/logging.conf`` when it exists (checked before it is applied); ``False``
+            leaves logging alone.
+        allow: qualified names or module prefixes to accept besides the allow-list.
+        override: ``id=value`` pairs, as ``--id value`` of ``monai.bundle run``.
+
+    Returns:
+        The workflow, after ``initialize``, ``run`` and ``finalize``.
+
+    Raises:
+        UnsafeConfigError: an item, override or logging.conf entry is not on the allow-list; nothing of it ran.
+    """
+    root = Path(bundle_dir).resolve()
+    files = [config_file] if isinstance(config_file, str) else list(config_file or ["configs/train.json"])
+    files = [str(Path(f) if os.path.isabs(f) else root / f) for f in files]
+    meta = meta_file or (
+        str(root / "configs" / "metadata.json") if (root / "configs" / "metadata.json").is_file() else None
+    )
+    if logging_file is None and (root / "configs" / "logging.conf").is_file():
+        logging_file = str(root / "configs" / "logging.conf")
+    if isinstance(logging_file, str):
+        flags = [
+            f"{item.key}: {flag}"
+            for item in audit_logging_conf(Path(logging_file), logging_file)
+            for flag in item.flags
+        ]
+        if flags:
+            raise UnsafeConfigError(f"refused {logging_file}: " + "; ".join(flags))
+    guard = _Guard(root, Allowlist(frozenset(allow)), _user_folders(override))
+    workflow = ConfigWorkflow(
+        config_file=files, meta_file=meta, logging_file=logging_file or False, workflow_type=None, **override
+    )
+    workflow.parser = _CheckedParser(workflow.parser.get(), guard)
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    return workflow
+
+
+def run(
+    bundle_dir: str,
+    config_file: str | Sequence[str] | None = None,
+    meta_file: str | None = None,
+    logging_file: str | None = None,
+    allow: str | Sequence[str] = (),
+    **override: Any,
+) -> str:
+    """Run a bundle from another lab safely: its workflow as `python -m monai.bundle run` runs it, with every
+    expression and _target_ checked against monai_ext's allow-list the moment before MONAI evaluates it.
+
+    Anything not provably allowed (os, subprocess, eval, pickle loads, lambdas, unknown objects, writes outside the
+    bundle, loaders without a SHA-256 check) is refused before it runs. Overrides are checked too, and the folders
+    you name in them may be written to.
+
+    Example:
+
+        python -m monai_ext run received/medt_segmentation_3d --config_file configs/train.json --dataset_dir /data/msd
+
+    Args:
+        bundle_dir: the bundle root, holding configs/.
+        config_file: config file(s) relative to the bundle root (a list or comma-separated); default configs/train.json.
+        meta_file: default configs/metadata.json.
+        logging_file: default configs/logging.conf, checked before it is applied.
+        allow: qualified names or module prefixes to accept besides the allow-list (comma-separated or a list).
+        override: --id value pairs, as for `python -m monai.bundle run`.
+    """
+    if isinstance(config_file, str) and "," in config_file:
+        config_file = [f for f in config_file.split(",") if f]
+    if isinstance(allow, str):
+        allow = [a for a in allow.split(",") if a]
+    try:
+        run_bundle(bundle_dir, config_file, meta_file, logging_file, allow, **override)
+    except UnsafeConfigError as err:
+        print(f"monai_ext run: {err}")
+        raise SystemExit(1) from None
+    return f"monai_ext run: {bundle_dir} finished; every item was checked before it ran"
