@@ -130,6 +130,9 @@ def _constructs(marker, root):
             {},
         ),
         "add_safe_globals": (run("$torch.serialization.add_safe_globals([monai.utils.run_cmd])"), {}, {}),
+        "image_writer_method": (run(f"$monai.data.NibabelWriter().write('{marker}')"), {}, {}),
+        "atomic_write_outside": (run(f"$monai_ext.sharing.checkpoint.atomic_write('{marker}', print)"), {}, {}),
+        "save_state_outside": (run(f"$monai.networks.utils.save_state({{}}, '{marker}')"), {}, {}),
         "dunder_escape": (run("$().__class__.__base__.__subclasses__()"), {}, {}),
         "debug_mode": (run({"_target_": "torch.nn.Identity", "_mode_": "debug"}), {}, {}),
         "logging_interpolation": (

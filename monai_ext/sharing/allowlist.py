@@ -77,6 +77,13 @@ DENIED_NAMES = frozenset(
         "monai.networks.utils.convert_to_trt",
     }
 )  # fmt: skip
+# Whole modules refused under an allowed prefix: writers of arbitrary files reached by method calls, and loggers
+# that send data to remote services.
+DENIED_MODULE_PREFIXES = (
+    "monai.data.image_writer", "monai.data.torchscript_utils",
+    "ignite.handlers.mlflow_logger", "ignite.handlers.neptune_logger", "ignite.handlers.wandb_logger",
+    "ignite.handlers.clearml_logger", "ignite.handlers.polyaxon_logger", "ignite.handlers.visdom_logger",
+)  # fmt: skip
 SAFE_BUILTINS = frozenset(
     {
         "abs", "all", "any", "bool", "dict", "divmod", "enumerate", "filter", "float", "frozenset", "int",
@@ -95,6 +102,13 @@ WRITERS = {
     "monai_ext.sharing.checkpoint.save_checkpoint": ("path", 1),
     "monai_ext.sharing.checkpoint.atomic_torch_save": ("path", 1),
     "monai_ext.sharing.checkpoint.record_sha256": ("path", 0),
+    "monai_ext.sharing.checkpoint.atomic_write": ("path", 0),
+    "monai_ext.bundle.previews.save_slice_preview": ("filepath", 3),
+    "monai.networks.utils.save_state": ("path", 1),
+    "monai.handlers.utils.write_metrics_reports": ("save_dir", 0),
+    "monai.data.csv_saver.CSVSaver": ("output_dir", 0),
+    "ignite.handlers.checkpoint.Checkpoint": ("save_handler", 1),
+    "ignite.handlers.tensorboard_logger.TensorboardLogger": ("log_dir", 0),
     "monai_ext.bundle.synthetic.ensure_synthetic_msd": ("root", 0),
     "monai_ext.bundle.synthetic.write_synthetic_msd": ("root", 0),
     "monai.transforms.io.dictionary.SaveImaged": ("output_dir", None),
@@ -165,7 +179,7 @@ class Allowlist:
             return f"{obj!r:.60} cannot be resolved to a qualified name"
         if any(_under(name, extra) for extra in self.extra):
             return None
-        if name in DENIED_NAMES:
+        if name in DENIED_NAMES or any(_under(name, prefix) for prefix in DENIED_MODULE_PREFIXES):
             return f"{name} is refused (see monai_ext.sharing.allowlist.DENIED_NAMES)"
         if name.startswith("builtins."):
             short = name.removeprefix("builtins.")
