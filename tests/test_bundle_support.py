@@ -149,7 +149,7 @@ def test_datalist_errors_name_the_folder_and_what_is_expected(tmp_path):
     with pytest.raises(FileNotFoundError, match="no dataset.json in .*Decathlon"):
         datalist.training_datalist(tmp_path)
     (tmp_path / "dataset.json").write_text(json.dumps({"training": []}))
-    with pytest.raises(ValueError, match="non-empty 'training' list"):
+    with pytest.raises(ValueError, match="'training' must be a non-empty list of image/label entries"):
         datalist.training_datalist(tmp_path)
     _msd(tmp_path, 1)
     with pytest.raises(ValueError, match="at least 2 training cases"):
