@@ -200,7 +200,7 @@ def test_allow_extends_the_list_and_overrides_are_checked_too(tmp_path):
 
 
 @pytest.mark.slow
-def test_our_bundle_runs_under_the_safe_runner_from_the_command_line(tmp_path):
+def test_our_bundles_run_under_the_safe_runner_from_the_command_line(tmp_path):
     bundle = copy_bundle("medt_segmentation_3d", tmp_path)
     tiny = ["--roi_size", "[16,16,16]", "--pixdim", "[4.0,4.0,4.0]"]
     done = run_cli([bundle, *tiny, "--train#trainer#max_epochs", "1", "--val_interval", "1", "--num_samples", "1"],
@@ -211,3 +211,12 @@ def test_our_bundle_runs_under_the_safe_runner_from_the_command_line(tmp_path):
     refused = run_cli([bundle, *tiny, "--run#0", "$monai.utils.run_cmd(['true'])"], tmp_path,
                       module=("-m", "monai_ext", "run"), check=False)  # fmt: skip
     assert refused.returncode == 1 and "monai.utils.misc.run_cmd is not on the allow-list" in refused.stdout
+
+    autoencoder = copy_bundle("autoencoderkl_3d", tmp_path)
+    small = [*tiny, "--network_def#channels", "[8,8]"]
+    one_epoch = ["--train#trainer#max_epochs", "1", "--val_interval", "1", "--adversarial_weight", "0.1"]
+    run_cli([autoencoder, *small, *one_epoch], tmp_path, module=("-m", "monai_ext", "run"))
+    run_cli(
+        [autoencoder, "--config_file", "configs/inference.json", *small], tmp_path, module=("-m", "monai_ext", "run")
+    )
+    assert list((autoencoder / "outputs").glob("*_recon.nii.gz"))
