@@ -214,14 +214,13 @@ def test_unpack_prints_only_plain_pep508_pins_and_refuses_the_rest(where, name, 
         (bundle / "configs" / "metadata.json").write_text(json.dumps(meta))
     pack_bundle(bundle, tmp_path / "b.zip")
     if where == "manifest":
-        with zipfile.ZipFile(tmp_path / "b.zip") as archive:
-            entries = {info.filename: archive.read(info) for info in archive.infolist()}
-        manifest = json.loads(entries[PACKAGE_MANIFEST])
-        manifest["versions"][name] = version
-        entries[PACKAGE_MANIFEST] = json.dumps(manifest).encode()
-        with zipfile.ZipFile(tmp_path / "b.zip", "w") as archive:
-            for entry, data in entries.items():
-                archive.writestr(entry, data)
+
+        def pin(entries):
+            manifest = json.loads(entries[PACKAGE_MANIFEST])
+            manifest["versions"][name] = version
+            entries[PACKAGE_MANIFEST] = json.dumps(manifest).encode()
+
+        _rewrite(tmp_path / "b.zip", pin)
     with pytest.raises(SystemExit):
         unpack(str(tmp_path / "b.zip"), str(tmp_path / "dest"))
     out = capsys.readouterr().out

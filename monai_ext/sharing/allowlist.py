@@ -33,6 +33,7 @@ __all__ = [
     "Namespace",
     "Value",
     "check_code",
+    "component_problems",
     "rewrite_like_monai",
 ]
 
@@ -126,6 +127,9 @@ WRITERS = {
     "ignite.handlers.checkpoint.DiskSaver": ("dirname", 0),
     "ignite.handlers.checkpoint.ModelCheckpoint": ("dirname", 0),
 }
+# How MONAI may invoke a component: "debug" would open a debugger on the bundle's command.
+COMPONENT_MODES = ("default", "callable")
+CHECKED_LOADER = "monai_ext.sharing.checkpoint.CheckedCheckpointLoader"
 REFS = "__local_refs"  # the name MONAI gives the resolved references inside an evaluated expression
 _REF_MATCH = re.compile(r"@(?:\w*)(?:::\w*)*")
 
@@ -574,6 +578,34 @@ def _import_problems(tree: ast.AST, namespace: Namespace, allowlist: Allowlist) 
         problems.append(f"import of {target}: {reason}")
     else:
         namespace.globals[bound] = Value.of(obj)
+    return problems
+
+
+def component_problems(
+    config: dict, target: Any, allowlist: Allowlist, path_allowed: Callable[[Any], bool]
+) -> list[str]:
+    """Why a component may not be built: its invocation mode, its resolved ``target`` (``None`` when it did not
+    resolve), a switched-off checkpoint check, or a writer's path argument that ``path_allowed`` rejects.
+
+    The audit judges paths from the config (provably inside the bundle), the safe runner from their values (inside
+    the bundle or a folder named on the command line); everything else is judged alike.
+    """
+    problems = []
+    mode = config.get("_mode_", "default")
+    if mode not in COMPONENT_MODES:
+        problems.append(f"_mode_ {mode!r} is refused (only {', '.join(COMPONENT_MODES)}; 'debug' opens a debugger)")
+    if "_debug_" in config:
+        problems.append("_debug_ opens a debugger")
+    if target is None:
+        return problems
+    reason = allowlist.reason(target)
+    if reason:
+        problems.append(reason)
+    name = qualified_name(target)
+    if name == CHECKED_LOADER and config.get("verify", True) is not True:
+        problems.append("verify must stay true: checkpoint verification cannot be switched off")
+    if name in WRITERS and WRITERS[name][0] in config and not path_allowed(config[WRITERS[name][0]]):
+        problems.append(f"{name} writes to {config[WRITERS[name][0]]!r}, not inside the bundle or a folder you named")
     return problems
 
 

@@ -31,11 +31,11 @@ from typing import Any
 
 from monai_ext.sharing.allowlist import (
     UNKNOWN,
-    WRITERS,
     Allowlist,
     Namespace,
     Value,
     check_code,
+    component_problems,
     qualified_name,
     resolve_dotted,
     rewrite_like_monai,
@@ -46,7 +46,6 @@ __all__ = ["AuditItem", "audit", "audit_bundle", "format_report", "resolve_targe
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 # MONAI's ConfigParser binds these in every expression's globals before any import of the bundle.
 DEFAULT_GLOBALS = {"monai": "monai", "torch": "torch", "np": "numpy", "numpy": "numpy"}
-COMPONENT_MODES = ("default", "callable")
 # What logging.conf may name; fileConfig evaluates `class` in logging's namespace, then imports it as a dotted path.
 KNOWN_HANDLERS = frozenset({"StreamHandler", "FileHandler", "NullHandler"})
 KNOWN_FORMATTERS = frozenset({"Formatter"})
@@ -212,30 +211,17 @@ class _ConfigTypes:
 
 def _target_flags(node: dict, types: _ConfigTypes, allowlist: Allowlist) -> tuple[list[str], str]:
     target = node["_target_"]
-    flags: list[str] = []
-    mode = node.get("_mode_", "default")
-    if mode not in COMPONENT_MODES:
-        flags.append(f"_mode_ {mode!r} is refused (only {', '.join(COMPONENT_MODES)}; 'debug' opens a debugger)")
-    if "_debug_" in node:
-        flags.append("_debug_ opens a debugger")
+
+    def provable(value: Any) -> bool:
+        return types.value_of(value).provable_path
+
     if not isinstance(target, str) or target.startswith(("$", "@")):
-        return flags + [f"a computed _target_ ({target!r:.60}) is checked only when the safe runner resolves it"], ""
+        computed = f"a computed _target_ ({target!r:.60}) is checked only when the safe runner resolves it"
+        return component_problems(node, None, allowlist, provable) + [computed], ""
     obj, reason = resolve_target(target, allowlist)
     if reason:
-        return flags + [reason], ""
-    resolved = qualified_name(obj) or target
-    reason = allowlist.reason(obj)
-    if reason:
-        flags.append(reason)
-    if resolved in WRITERS:
-        keyword, _ = WRITERS[resolved]
-        if keyword in node:
-            path = types.value_of(node[keyword])
-            if not path.provable_path:
-                flags.append(f"{resolved} writes to {node[keyword]!r}, not provably inside the bundle")
-    if resolved == "monai_ext.sharing.checkpoint.CheckedCheckpointLoader" and node.get("verify", True) is not True:
-        flags.append("verify must stay true: checkpoint verification cannot be switched off")
-    return flags, resolved
+        return component_problems(node, None, allowlist, provable) + [reason], ""
+    return component_problems(node, obj, allowlist, provable), qualified_name(obj) or target
 
 
 def _logging_literal_flags(value: str, option: str) -> list[str]:

@@ -21,15 +21,14 @@ from monai.bundle import ConfigComponent, ConfigExpression, ConfigItem, ConfigPa
 from monai_ext.sharing.allowlist import (
     REFS,
     UNKNOWN,
-    WRITERS,
     Allowlist,
     Namespace,
     Value,
     check_code,
-    qualified_name,
+    component_problems,
     resolve_dotted,
 )
-from monai_ext.sharing.audit import COMPONENT_MODES, audit_logging_conf
+from monai_ext.sharing.audit import audit_logging_conf
 
 __all__ = ["UnsafeConfigError", "run", "run_bundle"]
 
@@ -60,32 +59,15 @@ class _Guard:
             raise UnsafeConfigError(f"refused {item_id or '<root>'}: {what!r:.200}: " + "; ".join(problems))
 
     def check_component(self, item_id: str, config: dict, module_name: Any) -> None:
-        problems = []
-        mode = config.get("_mode_", "default")
-        if mode not in COMPONENT_MODES:
-            problems.append(f"_mode_ {mode!r} is refused (only {', '.join(COMPONENT_MODES)})")
-        if "_debug_" in config:
-            problems.append("_debug_ opens a debugger")
-        target = module_name
-        if isinstance(module_name, str):
-            target, reason = resolve_dotted(module_name, self.allowlist)
-            if reason:
-                problems.append(reason)
-        if target is not None:
-            reason = self.allowlist.reason(target)
-            if reason:
-                problems.append(reason)
-            name = qualified_name(target)
-            if (
-                name == "monai_ext.sharing.checkpoint.CheckedCheckpointLoader"
-                and config.get("verify", True) is not True
-            ):
-                problems.append("verify must stay true: checkpoint verification cannot be switched off")
-            if name in WRITERS and isinstance(config.get(WRITERS[name][0]), str | os.PathLike):
-                path = os.fspath(config[WRITERS[name][0]])
-                if not self.path_allowed(path):
-                    problems.append(f"{name} writes to {path!r}, outside the bundle and the folders you named")
-        self.refuse(item_id, f"_target_ {module_name}", problems)
+        target, reason = (
+            resolve_dotted(module_name, self.allowlist) if isinstance(module_name, str) else (module_name, None)
+        )
+
+        def writable(value: Any) -> bool:  # arguments are resolved here: a path must lie in an allowed folder
+            return not isinstance(value, str | os.PathLike) or self.path_allowed(os.fspath(value))
+
+        problems = component_problems(config, target, self.allowlist, writable)
+        self.refuse(item_id, f"_target_ {module_name}", problems + ([reason] if reason else []))
 
 
 class _CheckedExpression(ConfigExpression):
