@@ -10,7 +10,7 @@ import torch
 from monai.networks.nets import UNet
 
 from monai_ext.networks.blocks import AxialBottleneck, GatedAxialAttention, SABlock
-from monai_ext.networks.nets import AutoencoderKL, GatedAxialUNet, MedT
+from monai_ext.networks.nets import AutoencoderKL, GatedAxialUNet, HybridAxialUNet, MedT
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 NETWORKS = {
@@ -30,6 +30,7 @@ NETWORKS = {
         lambda: GatedAxialUNet(3, 1, 3, 32, layers=(1, 1), stem_channels=16, num_groups=4),
         (2, 1, 32, 32, 32),
     ),
+    "HybridAxialUNet_3d": (lambda: HybridAxialUNet(3, 1, 3, 32), (2, 1, 32, 32, 32)),  # deepest maps 4^3
     "AxialBottleneck_3d": (lambda: AxialBottleneck(3, 16, 8, 16, 8, num_groups=4), (2, 16, 8, 8, 8)),
     "AutoencoderKL_3d": (
         lambda: AutoencoderKL(
