@@ -52,7 +52,7 @@ def test_train_from_another_cwd_fills_default_data_and_writes_model_previews_and
     assert re.search(r"100%.*loss=\d", done.stderr) and "Iter:" not in done.stdout
     assert f"saved {bundle / 'models' / 'model.pt'}" in done.stdout, "the log says where the best model went"
     state = torch.load(bundle / "models" / "model.pt", weights_only=True)
-    assert state["head.weight"].shape[0] == 4  # four labels in the synthetic dataset.json
+    assert state["head.conv.bias"].shape[0] == 4  # four labels in the synthetic dataset.json
 
 
 def test_evaluate_writes_per_case_dice_and_prints_the_mean(trained):
@@ -136,7 +136,7 @@ def test_torchscript_export_runs_without_monai_ext_and_matches_eager(trained, tm
         tmp_path,
     )
     x = torch.rand(1, 1, 16, 16, 16)
-    exported = run_export_without_monai_ext(ts_file, x, tmp_path, b"MedT")
+    exported = run_export_without_monai_ext(ts_file, x, tmp_path, b"HybridAxialUNet")
     with torch.no_grad():
         expected = trained_network(bundle, {"roi_size": [16, 16, 16]})(x)
     torch.testing.assert_close(exported, expected, rtol=1e-4, atol=1e-5)
@@ -165,7 +165,7 @@ def test_own_data_with_a_validation_list_sets_classes_from_labels(tmp_path):
     data = tiny_msd(tmp_path / "my data", with_validation=True)
     common = [*TINY, "--dataset_dir", data]
     run_cli(["run", "--config_file", config_files(bundle, ["train.json"]), *TINY_TRAIN[4:], *common], tmp_path)
-    assert torch.load(bundle / "models" / "model.pt", weights_only=True)["head.weight"].shape[0] == 3
+    assert torch.load(bundle / "models" / "model.pt", weights_only=True)["head.conv.bias"].shape[0] == 3
     run_cli(["run", "--config_file", config_files(bundle, ["train.json", "evaluate.json"]), *common], tmp_path)
     with open(bundle / "eval" / "val_mean_dice_raw.csv") as f:
         assert [r["filename"] for r in csv.DictReader(f)] == [str(data / "imagesTr" / "lab_3.nii.gz")]
@@ -195,7 +195,7 @@ def test_multi_gpu_train_under_torchrun_on_cpu_with_a_class_override(tmp_path):
         tmp_path,
         module=("-m", "torch.distributed.run"),
     )
-    assert torch.load(bundle / "models" / "model.pt", weights_only=True)["head.weight"].shape[0] == 5
+    assert torch.load(bundle / "models" / "model.pt", weights_only=True)["head.conv.bias"].shape[0] == 5
     writers = {p.name.split(".")[4] for p in (bundle / "eval" / "runs").glob("events.out.tfevents.*")}
     assert len(writers) == 1, "only rank 0 writes TensorBoard events"
     assert done.stdout.count("val_mean_dice best value") == 1, "only rank 0 logs validation"

@@ -4,7 +4,6 @@ from collections.abc import Sequence
 
 import torch
 from monai.networks.blocks import Convolution, ResidualUnit
-from monai.networks.layers.factories import Conv
 from monai.utils import ensure_tuple_rep
 from torch import nn
 
@@ -38,8 +37,8 @@ class HybridAxialUNet(nn.Module):
     ``attention_blocks[l]`` residual gated axial attention blocks (:class:`AxialBottleneck`: gated relative-position
     attention along each spatial axis in turn). Every level but the last halves the resolution, so the last two
     levels share the coarsest one, ``img_size / 2 ** (len(channels) - 1)``. The decoder upsamples with transposed
-    convolutions, concatenates each level's features and fuses them with a residual convolution; a
-    last transposed convolution returns to the input resolution before a 1x1 head.
+    convolutions, concatenates each level's features and fuses them with a residual convolution; the
+    head is a transposed convolution to the input resolution with no normalisation or activation after it.
 
     Convolutions are local and cheap where there are many voxels; axial attention sees a whole patch along each
     axis where there are few (an 8^3 map for a 64^3 ROI), which is where its cost per token is small. With
@@ -118,10 +117,8 @@ class HybridAxialUNet(nn.Module):
             _DecoderLevel(spatial_dims, channels[level + 1], channels[level], level < levels - 2, norm, act)
             for level in range(levels - 2, -1, -1)
         )
-        self.top = Convolution(
-            spatial_dims, channels[0], out_channels, strides=2, is_transposed=True, norm=norm, act=act
-        )
-        self.head = Conv[Conv.CONV, spatial_dims](out_channels, out_channels, kernel_size=1)
+        # linear to the logits: a ReLU on as few channels as classes can silence a class for good
+        self.head = Convolution(spatial_dims, channels[0], out_channels, strides=2, is_transposed=True, conv_only=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Segment ``x``.
@@ -144,4 +141,4 @@ class HybridAxialUNet(nn.Module):
         x = features[-1]
         for index, level in enumerate(self.decoder):
             x = level(x, features[-2 - index])
-        return self.head(self.top(x))
+        return self.head(x)
