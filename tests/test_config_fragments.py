@@ -15,12 +15,12 @@ FRAGMENTS_DIR = REPO_ROOT / "configs"
 USES = {
     "medt_segmentation_3d/configs/train.json": [
         "common", "data_msd", "data_msd_training", "training_state", "model_loading", "handlers_segmentation",
-        "network_medt_3d",
+        "network_hybrid_axial_unet_3d",
     ],
     "medt_segmentation_3d/configs/evaluate.json": ["evaluate"],
     "medt_segmentation_3d/configs/multi_gpu_train.json": ["multi_gpu_train"],
     "medt_segmentation_3d/configs/inference.json": [
-        "common", "data_msd", "data_msd_inference", "model_loading", "network_medt_3d",
+        "common", "data_msd", "data_msd_inference", "model_loading", "network_hybrid_axial_unet_3d",
     ],
     "autoencoderkl_3d/configs/train.json": [
         "common", "data_msd", "data_msd_training", "training_state", "model_loading", "network_autoencoderkl_3d",
