@@ -120,3 +120,26 @@ def test_bundle_config_instantiates_dotted_target():
     network = ConfigParser(config).get_parsed_content("network_def")
     assert isinstance(network, HybridAxialUNet) and network.img_size == [64, 64, 64]
     assert sum(isinstance(m, AxialBottleneck) for m in network.modules()) == 1
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 64, 64, 64), (2, 1, 40, 48, 32), (2, 1, 8, 16, 8)])
+def test_every_trainable_parameter_gets_a_gradient_for_any_patch_shape(shape):
+    net = HybridAxialUNet(3, 1, 3, 64).train()
+    net(torch.randn(shape)).sum().backward()
+    assert [name for name, p in net.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+def test_distributed_data_parallel_trains_several_steps_without_find_unused_parameters(tmp_path):
+    # DDP checks at each step that the previous one reduced every parameter, also in a one-process group
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        net = torch.nn.parallel.DistributedDataParallel(small_net())
+        optimiser = torch.optim.SGD(net.parameters(), lr=0.01)
+        for shape in ((2, 1, 32, 16, 24), (2, 1, 16, 8, 8), (1, 1, 8, 16, 24)):
+            optimiser.zero_grad()
+            torch.nn.functional.cross_entropy(
+                net(torch.randn(shape)), torch.randint(0, 3, (shape[0], *shape[2:]))
+            ).backward()
+            optimiser.step()
+    finally:
+        torch.distributed.destroy_process_group()

@@ -154,8 +154,9 @@ class GatedAxialAttention(nn.Module):
       cannot change the attention and are not computed; the three scales are folded into ``q`` and ``k`` before the
       products, so no ``L x L`` map is normalised or concatenated. In train mode the batch variance of each map
       is computed exactly from ``L``-sized moments of ``q``, ``k`` and the table, without the map, and
-      the running statistics update as BatchNorm's do. Consequently the similarity BatchNorms' biases receive no
-      gradient (``None``; it is zero up to rounding in the straightforward form).
+      the running statistics update as BatchNorm's do. Consequently the similarity BatchNorms' biases receive an
+      exact zero gradient (zero up to rounding in the straightforward form); they still take part in every step,
+      so ``DistributedDataParallel`` needs no ``find_unused_parameters``.
     - The similarity BatchNorms are held as three modules (``norm_qk``, ``norm_qr``, ``norm_kr``) and the output
       BatchNorm as two (``norm_sv``, ``norm_sve``); :func:`monai_ext.legacy.convert_medt_state_dict` splits the
       original's combined ones.
@@ -296,6 +297,7 @@ class GatedAxialAttention(nn.Module):
         count: int,
         gate: torch.Tensor,
         weight: torch.Tensor,
+        bias: torch.Tensor,
         running_mean: torch.Tensor,
         running_var: torch.Tensor,
         num_batches_tracked: torch.Tensor,
@@ -318,7 +320,9 @@ class GatedAxialAttention(nn.Module):
                 num_batches_tracked.add_(1)
         else:
             var = running_var
-        return weight * torch.rsqrt(var + eps) * gate
+        # the BatchNorm's shift is constant along each softmax row, so it cancels and its gradient is zero; using the
+        # bias with weight zero gives it that gradient, so DistributedDataParallel sees every parameter used
+        return weight * torch.rsqrt(var + eps) * gate + 0.0 * bias
 
     def _relative_moments(self, part: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-group sums of ``m[i, j] = sum_c part[c, i] table[c, i, j]`` and of ``m**2`` over batch, i and j.
@@ -414,6 +418,7 @@ class GatedAxialAttention(nn.Module):
             count,
             one,
             norm_qk.weight,
+            norm_qk.bias,
             norm_qk.running_mean,
             norm_qk.running_var,
             norm_qk.num_batches_tracked,
@@ -442,6 +447,7 @@ class GatedAxialAttention(nn.Module):
                 count,
                 self.f_qr if self.f_qr is not None else one,
                 norm_qr.weight,
+                norm_qr.bias,
                 norm_qr.running_mean,
                 norm_qr.running_var,
                 norm_qr.num_batches_tracked,
@@ -454,6 +460,7 @@ class GatedAxialAttention(nn.Module):
                 count,
                 self.f_kr if self.f_kr is not None else one,
                 norm_kr.weight,
+                norm_kr.bias,
                 norm_kr.running_mean,
                 norm_kr.running_var,
                 norm_kr.num_batches_tracked,
