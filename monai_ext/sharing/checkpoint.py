@@ -292,6 +292,7 @@ class AtomicDiskSaver(DiskSaver):
         create_dir: create ``dirname`` if it does not exist.
         require_empty: refuse a directory that already holds ``.pt`` files.
         save_on_rank: the distributed rank that writes.
+        record: more fields for the file's manifest record (JSON values), e.g. the model's configuration.
         kwargs: passed to ``torch.save``.
     """
 
@@ -302,6 +303,7 @@ class AtomicDiskSaver(DiskSaver):
         create_dir: bool = True,
         require_empty: bool = False,
         save_on_rank: int = 0,
+        record: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -313,6 +315,7 @@ class AtomicDiskSaver(DiskSaver):
             **kwargs,
         )
         self.filename = filename
+        self.record = dict(record or {})
         self._pending_removal: list[str] = []
         if idist.get_rank() == save_on_rank:
             for leftover in self.dirname.glob(f"{TEMP_PREFIX}*"):
@@ -325,7 +328,7 @@ class AtomicDiskSaver(DiskSaver):
         atomic_torch_save(checkpoint, self.dirname / filename, **self.kwargs)
         stale = tuple(name for name in self._pending_removal if name != filename)
         self._pending_removal.clear()
-        record: dict[str, Any] = {"sha256": file_sha256(self.dirname / filename)}
+        record: dict[str, Any] = {**self.record, "sha256": file_sha256(self.dirname / filename)}
         keys = _checkpoint_keys(checkpoint)
         if keys is not None:
             record["keys"] = keys
@@ -352,10 +355,18 @@ class AtomicCheckpointSaver(CheckpointSaver):
     It also has ``state_dict()``: the key-metric tracking list (scores and file names of the best models so far).
     Put this saver in a resumable training state (see :class:`monai_ext.bundle.resume.ResumableCheckpointer`) so
     that after a resume a worse model does not replace the best one.
+
+    Args:
+        save_dir, save_dict, kwargs: as for ``monai.handlers.CheckpointSaver``.
+        configuration: recorded with the best and the final model in the SHA-256 manifest (JSON values: class count,
+            channels, spacing, ROI, normalisation), where :mod:`monai_ext.bundle.model_record` reads it back.
     """
 
-    def __init__(self, save_dir: str, save_dict: dict, **kwargs: Any) -> None:
+    def __init__(
+        self, save_dir: str, save_dict: dict, configuration: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(save_dir, save_dict, **kwargs)
+        record = {"configuration": json.loads(json.dumps(configuration))} if configuration is not None else {}
         fixed_names = {
             "_final_checkpoint": kwargs.get("final_filename"),
             "_key_metric_checkpoint": kwargs.get("key_metric_filename"),
@@ -365,7 +376,9 @@ class AtomicCheckpointSaver(CheckpointSaver):
         for attribute, filename in fixed_names.items():
             checkpoint = getattr(self, attribute)
             if checkpoint is not None:
-                checkpoint.save_handler = AtomicDiskSaver(save_dir, filename=filename)
+                checkpoint.save_handler = AtomicDiskSaver(
+                    save_dir, filename=filename, record=record if filename else None
+                )
 
     def state_dict(self) -> dict[str, list]:
         """Return the key-metric tracking list: ``{"_saved": [(score, file name), ...]}``."""
@@ -401,3 +414,22 @@ class CheckedCheckpointLoader(CheckpointLoader):
                 super().__call__(engine)
         except pickle.UnpicklingError as err:
             raise _unsafe(self.load_path, err) from err
+        except RuntimeError as err:
+            if "size mismatch" not in str(err):
+                raise
+            raise ValueError(_shape_mismatch(self.load_path, err)) from None
+
+
+def _shape_mismatch(path: str | os.PathLike, err: Exception) -> str:
+    path = Path(path)
+    mismatches = "; ".join(line.strip() for line in str(err).splitlines() if "size mismatch" in line)
+    configuration = read_manifest(path.parent).get(path.name, {}).get("configuration")
+    if not configuration:
+        return f"{path}: the network built from the config does not fit this model: {mismatches}"
+    trained = ", ".join(
+        f"{k}={configuration[k]}" for k in ("num_classes", "in_channels", "roi_size") if k in configuration
+    )
+    return (
+        f"{path} was trained with {trained} (recorded in {path.parent / SHA256_MANIFEST}), and the network built from "
+        f"the config differs: {mismatches}. The model's recorded values win: remove the overrides that change them."
+    )

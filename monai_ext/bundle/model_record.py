@@ -1,0 +1,152 @@
+"""A trained model's own configuration, kept in its SHA-256 record, so it runs without the dataset it was trained on.
+
+Training records, with the best model's hash in ``models/sha256_manifest.json``, what the network and its inputs
+were: class count and names, input channels and their names, voxel spacing, ROI and intensity normalisation.
+Evaluation, inference and ``ckpt_export`` build the network and the transforms from that record; values derived
+from whatever dataset the command sees only fill in what the record lacks (a bundle that has not been trained yet).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from monai_ext.sharing.checkpoint import SHA256_MANIFEST, atomic_write, read_manifest
+
+__all__ = [
+    "CONFIGURATION_FIELDS",
+    "MetadataUpdater",
+    "describe_in_metadata",
+    "recorded_configuration",
+    "settled_configuration",
+]
+
+logger = logging.getLogger(__name__)
+
+CONFIGURATION_FIELDS = (
+    "num_classes",
+    "class_names",
+    "in_channels",
+    "channel_names",
+    "pixdim",
+    "roi_size",
+    "normalization",
+)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-comparable form of a config value (tuples and numpy scalars become lists and numbers)."""
+    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+
+
+def recorded_configuration(model_file: str | os.PathLike) -> dict[str, Any]:
+    """The configuration recorded with ``model_file``, or ``{}`` when there is no model or no record."""
+    path = Path(model_file)
+    if not path.is_file():
+        return {}
+    return dict(read_manifest(path.parent).get(path.name, {}).get("configuration", {}))
+
+
+def settled_configuration(
+    model_file: str | os.PathLike, fingerprint_file: str | os.PathLike, dataset_dir: str | os.PathLike
+) -> dict[str, Any]:
+    """The configuration to build a trained model's network and transforms with: the model's record wins.
+
+    Without a record (a bundle not trained yet) the values come from the dataset's fingerprint (``fingerprint_file``
+    when it describes ``dataset_dir``, else computed). With one, the dataset is not read; a saved fingerprint of it
+    that disagrees is logged, naming both sources.
+
+    Args:
+        model_file: the trained model (``models/model.pt``).
+        fingerprint_file: the bundle's ``configs/fingerprint.json`` (may be missing).
+        dataset_dir: the dataset the command was pointed at.
+
+    Returns:
+        One value for each of :data:`CONFIGURATION_FIELDS`.
+    """
+    from monai_ext.bundle.fingerprint import load_fingerprint, model_configuration, saved_fingerprint
+
+    record = recorded_configuration(model_file)
+    if not all(field in record for field in CONFIGURATION_FIELDS):
+        derived = model_configuration(load_fingerprint(fingerprint_file, dataset_dir))
+        return {field: record.get(field, derived[field]) for field in CONFIGURATION_FIELDS}
+    saved = saved_fingerprint(fingerprint_file, dataset_dir)
+    if saved is not None:
+        for field, value in model_configuration(saved).items():
+            if _plain(value) != record[field]:
+                logger.warning(
+                    f"{field}: {model_file} was trained with {record[field]} (recorded in "
+                    f"{Path(model_file).parent / SHA256_MANIFEST}), {fingerprint_file} gives {value} for "
+                    f"{dataset_dir}; the model's value is used"
+                )
+    return {field: record[field] for field in CONFIGURATION_FIELDS}
+
+
+def describe_in_metadata(meta_file: str | os.PathLike, model_file: str | os.PathLike) -> bool:
+    """Make metadata.json's ``network_data_format`` describe the trained model (channels, classes, ROI).
+
+    MONAI's ``verify_net_in_out`` and the Model Zoo's checks compare the network with metadata.json, so after
+    training on another dataset the metadata has to follow the model. Only the rank-0 process of a distributed run
+    writes, and only when something changed.
+
+    Returns:
+        Whether metadata.json was rewritten.
+    """
+    import torch.distributed as dist
+
+    record = recorded_configuration(model_file)
+    if not record or (dist.is_initialized() and dist.get_rank() != 0):
+        return False
+    path = Path(meta_file)
+    meta = json.loads(path.read_text())
+    image = meta["network_data_format"]["inputs"]["image"]
+    pred = meta["network_data_format"]["outputs"]["pred"]
+    updated = {
+        "image": {
+            "num_channels": record["in_channels"],
+            "spatial_shape": record["roi_size"],
+            "channel_def": {str(i): name for i, name in enumerate(record["channel_names"])},
+        },
+        "pred": {
+            "num_channels": record["num_classes"],
+            "spatial_shape": record["roi_size"],
+            "channel_def": {str(i): name for i, name in enumerate(record["class_names"])},
+        },
+    }
+    if all(image[k] == v for k, v in updated["image"].items()) and all(
+        pred[k] == v for k, v in updated["pred"].items()
+    ):
+        return False
+    image.update(updated["image"])
+    pred.update(updated["pred"])
+    text = (json.dumps(meta, indent=4) + "\n").encode()
+    atomic_write(path, lambda f: f.write(text))
+    logger.info(f"{path}: network_data_format now describes {model_file}")
+    return True
+
+
+class MetadataUpdater:
+    """Ignite handler: after each validation, :func:`describe_in_metadata` for the model the run saved.
+
+    Put it after the best-model saver in the validation handlers, so metadata.json follows models/model.pt even when
+    the run stops early.
+
+    Args:
+        meta_file: the bundle's ``configs/metadata.json``.
+        model_file: the best model (``models/model.pt``).
+    """
+
+    def __init__(self, meta_file: str | os.PathLike, model_file: str | os.PathLike) -> None:
+        self.meta_file = meta_file
+        self.model_file = model_file
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Any) -> None:
+        describe_in_metadata(self.meta_file, self.model_file)
