@@ -17,6 +17,8 @@ COMMANDS: dict[str, str] = {
     "convert_legacy_diffusion_unet": "monai_ext.legacy.commands:convert_legacy_diffusion_unet",
     "convert_legacy_controlnet": "monai_ext.legacy.commands:convert_legacy_controlnet",
     "check_data": "monai_ext.bundle.data_check:check_data",
+    "fingerprint": "monai_ext.bundle.fingerprint:fingerprint",
+    "standin": "monai_ext.bundle.standins:standin",
     "record_sha256": "monai_ext.sharing.checkpoint:record_sha256",
     "audit": "monai_ext.sharing.audit:audit",
     "run": "monai_ext.sharing.safe_run:run",

@@ -129,12 +129,10 @@ def test_torchscript_export_runs_without_monai_ext_and_matches_eager(trained, tm
             "--meta_file",
             bundle / "configs" / "metadata.json",
             "--config_file",
-            config_files(bundle, ["train.json"]),
-            "--roi_size",
-            "[16,16,16]",
+            config_files(bundle, ["inference.json"]),
         ],
         tmp_path,
-    )
+    )  # no --roi_size: the network is built from the configuration the model recorded
     x = torch.rand(1, 1, 16, 16, 16)
     exported = run_export_without_monai_ext(ts_file, x, tmp_path, b"HybridAxialUNet")
     with torch.no_grad():
@@ -170,6 +168,23 @@ def test_own_data_with_a_validation_list_sets_classes_from_labels(tmp_path):
     with open(bundle / "eval" / "val_mean_dice_raw.csv") as f:
         assert [r["filename"] for r in csv.DictReader(f)] == [str(data / "imagesTr" / "lab_3.nii.gz")]
     assert not (bundle / "dataset").exists(), "the synthetic default must not be written when dataset_dir is set"
+
+    # the model alone: inference on the bundle's default (4-class) data uses the 3 classes the model was trained with
+    done = run_cli(["run", "--config_file", config_files(bundle, ["inference.json"])], tmp_path)
+    model_file, fingerprint_file = bundle / "models" / "model.pt", bundle / "configs" / "fingerprint.json"
+    assert (
+        f"num_classes: {model_file} was trained with 3 (recorded in {bundle / 'models' / 'sha256_manifest.json'}), "
+        f"{fingerprint_file} gives 4 for {bundle / 'dataset'}; the model's value is used"
+    ) in done.stdout + done.stderr
+    for case in datalist.inference_datalist(bundle / "dataset"):
+        name = case["image"].rsplit("/", 1)[1].removesuffix(".nii.gz")
+        _check_prediction(case["image"], bundle / "outputs" / f"{name}_seg.nii.gz", 3)
+    refused = run_cli(
+        ["run", "--config_file", config_files(bundle, ["inference.json"]), "--num_classes", "5"], tmp_path, check=False
+    )
+    assert refused.returncode != 0
+    assert f"{model_file} was trained with num_classes=3, in_channels=1, roi_size=[16, 16, 16]" in refused.stderr
+    assert "The model's recorded values win" in refused.stderr
 
 
 def test_multi_gpu_train_under_torchrun_on_cpu_with_a_class_override(tmp_path):

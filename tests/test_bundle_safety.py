@@ -81,8 +81,9 @@ def test_round_trip_resume_and_hash_checks_on_the_real_bundle(tmp_path):
     assert _mean_dice(received) == _mean_dice(original)
 
     model = received / "models" / "model.pt"
+    # from the model alone: no dataset, no overrides; the network is built from the model's recorded configuration
     export = ["ckpt_export", "export_network_def", "--filepath", tmp_path / "model.ts", "--ckpt_file", model,
-              "--config_file", received_files, "--roi_size", "[16,16,16]", "--dataset_dir", data]  # fmt: skip
+              "--config_file", config_files(received, ["inference.json"])]  # fmt: skip
     run_cli(export, tmp_path)
     exported = torch.jit.load(tmp_path / "model.ts").state_dict()
     packed = load_checkpoint(original / "models" / "model.pt")

@@ -14,21 +14,23 @@ FRAGMENTS_DIR = REPO_ROOT / "configs"
 # bundle config -> the fragments it carries a copy of
 USES = {
     "medt_segmentation_3d/configs/train.json": [
-        "common", "data_msd", "data_msd_training", "training_state", "model_loading", "handlers_segmentation",
-        "network_hybrid_axial_unet_3d",
+        "common", "data_msd", "data_fingerprint", "data_msd_training", "training_state", "model_loading",
+        "handlers_segmentation", "network_hybrid_axial_unet_3d",
     ],
-    "medt_segmentation_3d/configs/evaluate.json": ["evaluate"],
+    "medt_segmentation_3d/configs/evaluate.json": ["trained_configuration", "evaluate"],
     "medt_segmentation_3d/configs/multi_gpu_train.json": ["multi_gpu_train"],
     "medt_segmentation_3d/configs/inference.json": [
-        "common", "data_msd", "data_msd_inference", "model_loading", "network_hybrid_axial_unet_3d",
+        "common", "data_msd", "data_fingerprint", "trained_configuration", "data_msd_inference", "model_loading",
+        "network_hybrid_axial_unet_3d",
     ],
     "autoencoderkl_3d/configs/train.json": [
-        "common", "data_msd", "data_msd_training", "training_state", "model_loading", "network_autoencoderkl_3d",
+        "common", "data_msd", "data_msd_scaled", "data_msd_training", "training_state", "model_loading",
+        "network_autoencoderkl_3d",
     ],
     "autoencoderkl_3d/configs/evaluate.json": ["evaluate"],
     "autoencoderkl_3d/configs/multi_gpu_train.json": ["multi_gpu_train"],
     "autoencoderkl_3d/configs/inference.json": [
-        "common", "data_msd", "data_msd_inference", "model_loading", "network_autoencoderkl_3d",
+        "common", "data_msd", "data_msd_scaled", "data_msd_inference", "model_loading", "network_autoencoderkl_3d",
     ],
     "autoencoderkl_3d/configs/convert_legacy.json": ["convert_legacy_autoencoderkl"],
 }  # fmt: skip

@@ -6,7 +6,8 @@ the whole process, as the Zoo's runner does, so it does not run inside pytest).
 Steps, in the Zoo's order: ``ConfigWorkflow`` with ``check_properties`` for train, then train + evaluate, then
 inference; ``verify_net_in_out`` (unless OVERRIDES_JSON holds ``"skip_verify_net": true``); ``ckpt_export`` to
 ``models/model.ts``. Training runs without a ``bundle_root`` override (the bundle finds itself); the later steps pass
-``bundle_root`` as the Zoo does. Prints one ``STEP name: result`` line per step.
+``bundle_root`` as the Zoo does. ``verify_net_in_out`` and ``ckpt_export`` run without ``dataset_dir``, as on a
+machine that has the bundle and its model but not the training data. Prints one ``STEP name: result`` line per step.
 """
 
 import json
@@ -38,6 +39,7 @@ def main(bundle: Path, overrides: dict) -> None:
     skip_verify_net = overrides.pop("skip_verify_net", False)
     training = {k: v for k, v in overrides.items() if k != "bundle_root"}
     inference = {k: v for k, v in overrides.items() if not k.startswith(("train#", "validate#"))}
+    model_alone = {k: v for k, v in inference.items() if k != "dataset_dir"}
     print("STEP train:", _workflow(configs, ["train.json"], "train", training), flush=True)
     print("STEP evaluate:", _workflow(configs, ["train.json", "evaluate.json"], "train", overrides), flush=True)
     print("STEP infer:", _workflow(configs, ["inference.json"], "infer", inference), flush=True)
@@ -46,8 +48,8 @@ def main(bundle: Path, overrides: dict) -> None:
             net_id="network_def",
             meta_file=str(configs / "metadata.json"),
             config_file=str(configs / "inference.json"),
-            bundle_root=str(bundle),
             device="cpu",
+            **model_alone,
         )
         print("STEP verify_net_in_out: ok", flush=True)
     ckpt_export(
@@ -56,8 +58,7 @@ def main(bundle: Path, overrides: dict) -> None:
         ckpt_file=str(bundle / "models" / "model.pt"),
         meta_file=str(configs / "metadata.json"),
         config_file=str(configs / "inference.json"),
-        bundle_root=str(bundle),
-        **{k: v for k, v in inference.items() if k != "bundle_root"},
+        **model_alone,
     )
     print("STEP ckpt_export: ok", flush=True)
 

@@ -8,10 +8,14 @@ from monai_ext.bundle import (
     autoencoder,
     data_check,
     datalist,
+    fingerprint,
+    intensity,
     logs,
+    model_record,
     paths,
     previews,
     resume,
+    standins,
     synthetic,
 )
 
@@ -19,9 +23,13 @@ __all__: list[str] = [
     "autoencoder",
     "data_check",
     "datalist",
+    "fingerprint",
+    "intensity",
     "logs",
+    "model_record",
     "paths",
     "previews",
     "resume",
+    "standins",
     "synthetic",
 ]

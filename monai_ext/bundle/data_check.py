@@ -17,7 +17,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from monai_ext.bundle.datalist import read_dataset_json
+from monai_ext.bundle.datalist import modality_channels, read_dataset_json
 
 __all__ = ["DataCheckError", "check_data", "check_dataset_dir", "checked_datalist", "find_problems"]
 
@@ -250,8 +250,7 @@ def check_dataset_dir(
     description = _read_dataset_json(root)
     if num_classes is None and isinstance(description.get("labels"), Mapping):
         num_classes = len(description["labels"])
-    modality = description.get("modality")
-    num_channels = len(modality) if isinstance(modality, Mapping) and modality else 1
+    num_channels = modality_channels(description)
     datalist = []
     for key in keys:
         for entry in description.get(key) or []:

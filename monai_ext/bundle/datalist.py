@@ -6,7 +6,7 @@
 - Validation: the ``validation`` list when present. Otherwise the training cases are sorted by image path and every
   ``round(1 / val_fraction)``-th case, starting with the last one, is held out (at least one case); the rest train.
 - Classes: ``len(labels)`` of dataset.json (background included), unless ``num_classes`` is given; their names,
-  for legends, are the ``labels`` values.
+  for legends, are the ``labels`` values. Image channels: one per ``modality`` entry (4D NIfTI, channels last).
 - Inference: the ``test`` list, else the validation cases; or every ``*.nii``/``*.nii.gz`` file of any folder.
 """
 
@@ -23,6 +23,8 @@ __all__ = [
     "class_names",
     "image_folder_datalist",
     "inference_datalist",
+    "modality_channels",
+    "num_channels",
     "num_classes",
     "read_dataset_json",
     "split_training",
@@ -216,6 +218,21 @@ def num_classes(dataset_dir: str | os.PathLike, override: int | None = None) -> 
             raise ValueError(f"num_classes must be at least 2 (background and one structure), got {override}.")
         return int(override)
     return len(_labels(dataset_dir))
+
+
+def modality_channels(content: dict[str, Any]) -> int:
+    """The image channel count a parsed dataset.json declares: one per ``modality`` entry, 1 without any."""
+    modality = content.get("modality")
+    return len(modality) if isinstance(modality, dict) and modality else 1
+
+
+def num_channels(dataset_dir: str | os.PathLike) -> int:
+    """Return the image channel count of a Decathlon-layout folder (see :func:`modality_channels`).
+
+    Raises:
+        FileNotFoundError, ValueError: when dataset.json is missing or malformed.
+    """
+    return modality_channels(_dataset_json(dataset_dir)[1])
 
 
 def class_names(dataset_dir: str | os.PathLike, count: int | None = None) -> list[str]:
