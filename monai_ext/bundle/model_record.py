@@ -132,7 +132,8 @@ class MetadataUpdater:
     """Ignite handler: after each validation, :func:`describe_in_metadata` for the model the run saved.
 
     Put it after the best-model saver in the validation handlers, so metadata.json follows models/model.pt even when
-    the run stops early.
+    the run stops early. Where metadata.json may not be written (a run confined by ``monai_ext run``) it warns once and
+    training goes on.
 
     Args:
         meta_file: the bundle's ``configs/metadata.json``.
@@ -142,6 +143,7 @@ class MetadataUpdater:
     def __init__(self, meta_file: str | os.PathLike, model_file: str | os.PathLike) -> None:
         self.meta_file = meta_file
         self.model_file = model_file
+        self.read_only = False
 
     def attach(self, engine: Any) -> None:
         from ignite.engine import Events
@@ -149,4 +151,14 @@ class MetadataUpdater:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine: Any) -> None:
-        describe_in_metadata(self.meta_file, self.model_file)
+        if self.read_only:
+            return
+        try:
+            describe_in_metadata(self.meta_file, self.model_file)
+        except PermissionError:
+            # a confined run (monai_ext run) may not rewrite the received bundle's definition; training goes on
+            self.read_only = True
+            logger.warning(
+                f"{self.meta_file} is read-only in this run, so its network_data_format still describes the shipped "
+                "model; verify_net_in_out compares against it"
+            )

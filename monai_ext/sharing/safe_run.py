@@ -1,4 +1,8 @@
-"""``python -m monai_ext run BUNDLE_DIR``: run a bundle from another lab, refusing what the allow-list does not cover.
+"""``python -m monai_ext run BUNDLE_DIR``: run another lab's bundle confined by the kernel, every item checked.
+
+The run happens in a child process that Landlock confines before it imports torch or monai
+(:mod:`monai_ext.sharing.confined`): whatever an item does, it cannot write outside the allowed folders, start a
+program or open a TCP connection. Inside, the workflow also checks itself against the allow-list:
 
 The same workflows as ``python -m monai.bundle run`` (MONAI's ``ConfigWorkflow``: initialize, run, finalize), with
 MONAI's parser replaced by one whose items check themselves at the moment MONAI evaluates them: every ``$``
@@ -12,6 +16,7 @@ given on the command line.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +35,7 @@ from monai_ext.sharing.allowlist import (
 )
 from monai_ext.sharing.audit import audit_logging_conf
 
-__all__ = ["UnsafeConfigError", "run", "run_bundle"]
+__all__ = ["UnsafeConfigError", "run", "run_bundle", "run_from_child"]
 
 
 class UnsafeConfigError(RuntimeError):
@@ -114,6 +119,22 @@ class _CheckedParser(ConfigParser):
             self.ref_resolver.add_item(ConfigItem(config=config, id=id))
 
 
+class _BundleLastWorkflow(ConfigWorkflow):
+    """MONAI's workflow, with the bundle root appended to ``sys.path`` instead of put before site-packages.
+
+    MONAI inserts it at position 1, so a file ``itk.py`` in a received bundle would be imported in place of the
+    installed ``itk`` by MONAI's own lazy imports. Appended, the bundle's ``scripts/`` still import and no installed
+    module is shadowed.
+    """
+
+    def run(self) -> Any:
+        root = self.config_root_path.parent if self.config_root_path.name == "configs" else self.config_root_path
+        sys.path.append(str(root))
+        if self.run_id not in self.parser:
+            raise ValueError(f"run ID '{self.run_id}' doesn't exist in the config file.")
+        return self._run_expr(id=self.run_id)
+
+
 def _user_folders(overrides: dict[str, Any]) -> list[Path]:
     """Folders the person running the bundle named in overrides (``--output_dir /data/out``): they may be written."""
     return [Path(v) for v in overrides.values() if isinstance(v, str) and os.path.isabs(v)]
@@ -161,7 +182,7 @@ def run_bundle(
         if flags:
             raise UnsafeConfigError(f"refused {logging_file}: " + "; ".join(flags))
     guard = _Guard(root, Allowlist(frozenset(allow)), _user_folders(override))
-    workflow = ConfigWorkflow(
+    workflow = _BundleLastWorkflow(
         config_file=files, meta_file=meta, logging_file=logging_file or False, workflow_type=None, **override
     )
     workflow.parser = _CheckedParser(workflow.parser.get(), guard)
@@ -171,20 +192,42 @@ def run_bundle(
     return workflow
 
 
+def run_from_child(spec: dict[str, Any]) -> int:
+    """The confined child's side of :func:`run`: run the checked workflow and return the exit code."""
+    try:
+        run_bundle(
+            spec["bundle_root"], spec["config_file"], spec["meta_file"], spec["logging_file"], spec["allow"],
+            **spec["overrides"],
+        )  # fmt: skip
+    except UnsafeConfigError as err:
+        print(f"monai_ext run: {err}", flush=True)
+        return 1
+    return 0
+
+
+def _absolute_paths(override: dict[str, Any]) -> dict[str, Any]:
+    """Overrides with relative paths that exist made absolute: the confined run works in its own folder."""
+    return {k: os.path.abspath(v) if isinstance(v, str) and v and os.path.exists(v) else v for k, v in override.items()}
+
+
 def run(
     bundle_dir: str,
     config_file: str | Sequence[str] | None = None,
     meta_file: str | None = None,
     logging_file: str | None = None,
     allow: str | Sequence[str] = (),
+    unconfined: bool = False,
     **override: Any,
 ) -> str:
-    """Run a bundle from another lab safely: its workflow as `python -m monai.bundle run` runs it, with every
-    expression and _target_ checked against monai_ext's allow-list the moment before MONAI evaluates it.
+    """Run a bundle from another lab: confined by the kernel (Landlock), with every config item checked.
 
-    Anything not provably allowed (os, subprocess, eval, pickle loads, lambdas, unknown objects, writes outside the
-    bundle, loaders without a SHA-256 check) is refused before it runs. Overrides are checked too, and the folders
-    you name in them may be written to.
+    The workflow (as `python -m monai.bundle run` runs it) starts in a child process that the kernel confines first:
+    it reads only the Python environment, system libraries, the bundle and folders you name; writes only the bundle's
+    models/, eval/, outputs/, dataset/ and logs/, the output_dir/ckpt_dir/log_dir you give, and a private temporary
+    folder (also its working directory and HOME); it cannot start programs or open TCP connections. The log says what
+    is in force. Inside, every expression and _target_ is also checked against monai_ext's allow-list before MONAI
+    evaluates it. Where the kernel cannot confine (not Linux, Linux before 5.13, Landlock disabled), run refuses
+    and says why, unless --unconfined is given.
 
     Example:
 
@@ -196,15 +239,33 @@ def run(
         meta_file: default configs/metadata.json.
         logging_file: default configs/logging.conf, checked before it is applied.
         allow: qualified names or module prefixes to accept besides the allow-list (comma-separated or a list).
+        unconfined: run in this process without the kernel's confinement (the allow-list checks only).
         override: --id value pairs, as for `python -m monai.bundle run`.
     """
+    from monai_ext.sharing.confined import ConfinementError, run_confined
+    from monai_ext.sharing.landlock import LandlockUnavailableError
+
     if isinstance(config_file, str) and "," in config_file:
         config_file = [f for f in config_file.split(",") if f]
     if isinstance(allow, str):
         allow = [a for a in allow.split(",") if a]
+    if isinstance(config_file, str):
+        config_file = [config_file]
+    override = _absolute_paths(override)
+    if unconfined:
+        print("monai_ext run: NOT confined by the kernel (--unconfined): only the allow-list checks protect this run")
+        try:
+            run_bundle(bundle_dir, config_file, meta_file, logging_file, allow, **override)
+        except UnsafeConfigError as err:
+            print(f"monai_ext run: {err}")
+            raise SystemExit(1) from None
+        return f"monai_ext run: {bundle_dir} finished unconfined; every item was checked before it ran"
     try:
-        run_bundle(bundle_dir, config_file, meta_file, logging_file, allow, **override)
-    except UnsafeConfigError as err:
-        print(f"monai_ext run: {err}")
+        code = run_confined(bundle_dir, config_file, meta_file, logging_file, allow, override)
+    except (LandlockUnavailableError, ConfinementError) as err:
+        print(f"monai_ext run: refusing to run {bundle_dir} unconfined: {err}. Pass --unconfined to run it anyway.")
         raise SystemExit(1) from None
-    return f"monai_ext run: {bundle_dir} finished; every item was checked before it ran"
+    if code != 0:
+        print(f"monai_ext run: {bundle_dir} failed (exit {code}) in the confined run")
+        raise SystemExit(code)
+    return f"monai_ext run: {bundle_dir} finished, confined by the kernel; every item was checked before it ran"

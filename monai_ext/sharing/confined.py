@@ -1,0 +1,153 @@
+"""Running a received bundle in a child process that the kernel confines before it imports torch or monai.
+
+``monai_ext run`` (:func:`monai_ext.sharing.safe_run.run`) calls :func:`run_confined`: it decides what the run may
+read and write, creates the bundle's output folders and a private temporary folder, and starts
+``python -I -B -c BOOTSTRAP SPEC``. The bootstrap loads :mod:`monai_ext.sharing.landlock` by file path (so nothing but
+the standard library is imported), restricts itself, logs what is in force, and only then imports monai_ext and runs
+the workflow. Everything the workflow evaluates, the bundle's own Python files included, runs under these rules:
+
+- read: the Python environment, system libraries and settings (``/usr``, ``/lib*``, a few ``/etc`` files without
+  secrets, ``/proc``, ``/sys``), the bundle, and the folders named on the command line;
+- write: the bundle's output folders (``models``, ``eval``, ``outputs``, ``dataset``, ``logs``), the folders given
+  as ``output_dir``, ``ckpt_dir`` or ``log_dir`` overrides, and the private temporary folder, which is also the
+  working directory, ``HOME`` and ``TMPDIR`` of the run and is deleted afterwards; and ``/dev/shm``, the
+  shared-memory folder where Python's multiprocessing locks (MONAI's CacheDataset takes one even without workers)
+  and PyTorch's shared tensors live, which a bundle can therefore leave files in until the next reboot;
+- no ``execve`` (no shell, no subprocess), no TCP, no signals to outside processes (see the Landlock module).
+
+An output folder that is a link leading out of the bundle is refused: the kernel would follow it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BUNDLE_OUTPUT_FOLDERS", "WRITABLE_OVERRIDES", "ConfinementError", "run_confined", "sandbox_paths"]
+
+BUNDLE_OUTPUT_FOLDERS = ("models", "eval", "outputs", "dataset", "logs")
+WRITABLE_OVERRIDES = ("output_dir", "ckpt_dir", "log_dir")
+_SYSTEM_READABLE = (
+    "/usr", "/lib", "/lib64", "/lib32", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime",
+    "/etc/timezone", "/etc/passwd", "/etc/group", "/etc/nsswitch.conf", "/proc", "/sys", "/dev/null", "/dev/zero",
+    "/dev/urandom", "/dev/random",
+)  # fmt: skip
+
+_BOOTSTRAP = """
+import importlib.util, json, sys
+spec = json.loads(sys.argv[1])
+loader = importlib.util.spec_from_file_location("_monai_ext_landlock", spec["landlock"])
+landlock = importlib.util.module_from_spec(loader)
+sys.modules[loader.name] = landlock
+loader.loader.exec_module(landlock)
+protections = landlock.restrict(spec["readable"], spec["writable"])
+print("monai_ext run: confined by the kernel.", *protections.describe(), sep="\\n  ", file=sys.stderr, flush=True)
+from monai_ext.sharing.safe_run import run_from_child
+sys.exit(run_from_child(spec))
+"""
+
+
+class ConfinementError(RuntimeError):
+    """The run cannot be confined as asked (a link out of the bundle, a missing folder); the message says which."""
+
+
+def _python_paths() -> list[str]:
+    import monai_ext
+
+    paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(monai_ext.__file__).resolve().parents[1])]
+    return paths + [p for p in sys.path if p and os.path.isabs(p)]
+
+
+def sandbox_paths(
+    bundle_root: str | os.PathLike, overrides: Mapping[str, Any], private_tmp: str | os.PathLike
+) -> tuple[list[str], list[str]]:
+    """The folders a confined run of ``bundle_root`` may read and may write, creating the writable ones.
+
+    Args:
+        bundle_root: the bundle folder.
+        overrides: the run's ``--key value`` overrides; absolute paths among the values become readable, and those
+            of :data:`WRITABLE_OVERRIDES` writable.
+        private_tmp: the run's own temporary folder.
+
+    Returns:
+        ``(readable, writable)`` absolute paths.
+
+    Raises:
+        ConfinementError: an output folder of the bundle is a link that leads out of it.
+    """
+    root = Path(bundle_root).resolve()
+    writable = [str(private_tmp), "/dev/shm"]
+    for name in BUNDLE_OUTPUT_FOLDERS:
+        folder = root / name
+        if folder.is_symlink() or (folder.exists() and not folder.resolve().is_relative_to(root)):
+            raise ConfinementError(f"{folder}: a link out of the bundle; remove it, the kernel would follow it")
+        folder.mkdir(exist_ok=True)
+        writable.append(str(folder))
+    readable = [*_SYSTEM_READABLE, *_python_paths(), str(root)]
+    for key, value in overrides.items():
+        if isinstance(value, str) and os.path.isabs(value):
+            if key in WRITABLE_OVERRIDES:
+                Path(value).mkdir(parents=True, exist_ok=True)
+                writable.append(value)
+            else:
+                readable.append(value)
+    return readable, writable
+
+
+def _child_environment(private_tmp: str) -> dict[str, str]:
+    keep = ("PATH", "LANG", "LC_ALL", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "TZ")
+    env = {key: os.environ[key] for key in keep if key in os.environ}
+    user = os.environ.get("USER", "monai_ext")
+    # caches that libraries write at import (matplotlib, torch hub, XDG) go to the private folder
+    env.update(HOME=private_tmp, TMPDIR=private_tmp, XDG_CACHE_HOME=private_tmp, MPLCONFIGDIR=private_tmp)
+    env.update(USER=user, LOGNAME=user, PYTHONDONTWRITEBYTECODE="1", PYTHONWARNINGS="ignore::DeprecationWarning")
+    return env
+
+
+def run_confined(
+    bundle_root: str | os.PathLike,
+    config_file: Sequence[str] | None,
+    meta_file: str | None,
+    logging_file: str | None,
+    allow: Sequence[str],
+    overrides: Mapping[str, Any],
+) -> int:
+    """Run the bundle's workflow in a confined child process (see the module docstring); return its exit code.
+
+    Raises:
+        ConfinementError: as :func:`sandbox_paths`.
+        monai_ext.sharing.landlock.LandlockUnavailableError: the kernel cannot confine (checked before anything starts).
+    """
+    from monai_ext.sharing import landlock
+
+    landlock.abi_version()
+    private_tmp = tempfile.mkdtemp(prefix="monai_ext_run_")
+    try:
+        readable, writable = sandbox_paths(bundle_root, overrides, private_tmp)
+        spec = {
+            "landlock": landlock.__file__,
+            "readable": readable,
+            "writable": writable,
+            "bundle_root": str(Path(bundle_root).resolve()),
+            "config_file": list(config_file) if config_file else None,
+            "meta_file": meta_file,
+            "logging_file": logging_file,
+            "allow": list(allow),
+            "overrides": dict(overrides),
+        }
+        done = subprocess.run(
+            [sys.executable, "-I", "-B", "-c", _BOOTSTRAP, json.dumps(spec)],
+            cwd=private_tmp,
+            env=_child_environment(private_tmp),
+            check=False,
+        )
+        return done.returncode
+    finally:
+        shutil.rmtree(private_tmp, ignore_errors=True)
