@@ -71,7 +71,7 @@ def test_round_trip_resume_and_hash_checks_on_the_real_bundle(tmp_path):
     received = tmp_path / "lab_b" / NAME
     report = unpack(str(tmp_path / "medt.zip"), str(received))
     command = run_command(received)
-    assert command in report and command.endswith(f"--config_file {received / 'configs' / 'train.json'}")
+    assert command in report and command == f"python -m monai_ext run {received} --config_file configs/train.json"
     assert [item for item in audit_bundle(received) if item.flags] == []
     received_files = config_files(received, ["train.json"])
     received_eval = config_files(received, ["train.json", "evaluate.json"])

@@ -12,6 +12,7 @@ import torch
 
 from monai_ext.sharing.checkpoint import CheckpointIntegrityError, atomic_torch_save, record_sha256
 from monai_ext.sharing.packaging import PACKAGE_MANIFEST, PackageError, pack_bundle, unpack, unpack_bundle
+from monai_ext.sharing.signing import SIGNATURE_FILE
 
 SHIPPED = [
     "LICENSE",
@@ -254,9 +255,9 @@ def test_signed_archive_unpacks_only_for_the_trusted_key(bundle, keys, tmp_path,
     pack_bundle(bundle, tmp_path / "signed.zip", sign=private)
     report = unpack(str(tmp_path / "signed.zip"), str(tmp_path / "dest"), trust=str(public))
     assert "signature: valid, signed by the trusted key" in report and str(public) in report
-    # without --trust the claimed key is shown as unchecked
+    # without --trust the signature is still checked; only whose key it is stays open
     report = unpack(str(tmp_path / "signed.zip"), str(tmp_path / "dest2"))
-    assert "not checked (pass --trust" in report
+    assert "signature: valid, by key" in report and "pass --trust THEIR_PUBLIC_KEY to check whose key it is" in report
 
     pack_bundle(bundle, tmp_path / "plain.zip")
     refusals = {
@@ -280,3 +281,18 @@ def test_signed_archive_unpacks_only_for_the_trusted_key(bundle, keys, tmp_path,
             unpack(str(archive), str(dest), trust=str(trusted))
         assert message in capsys.readouterr().out, name
         assert not dest.exists(), name
+
+    # a signature that is present but no longer matches is refused without --trust too (MONAI has no signatures)
+    def resign_with_a_stale_signature(entries):
+        stale = zipfile.ZipFile(tmp_path / "signed.zip").read(SIGNATURE_FILE)
+        entries[SIGNATURE_FILE] = stale
+
+    stale = tmp_path / "stale.zip"
+    pack_bundle(bundle, stale, sign=keys["other"][0])
+    _rewrite(stale, add_a_file)
+    _rewrite(stale, resign_with_a_stale_signature)
+    for archive in (tampered, stale):
+        with pytest.raises(SystemExit):
+            unpack(str(archive), str(tmp_path / "refused_untrusted"))
+        assert "does not match the archive's manifest" in capsys.readouterr().out, archive.name
+        assert not (tmp_path / "refused_untrusted").exists()

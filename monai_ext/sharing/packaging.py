@@ -106,8 +106,8 @@ def _versions() -> dict[str, str]:
 
 
 def run_command(bundle_dir: str | os.PathLike) -> str:
-    """Return the command that trains an unpacked bundle: MONAI's runner on its ``configs/train.json``."""
-    return f"python -m monai.bundle run --config_file {Path(bundle_dir).resolve() / 'configs' / 'train.json'}"
+    """Return the command that trains an unpacked bundle: the confined runner on its ``configs/train.json``."""
+    return f"python -m monai_ext run {Path(bundle_dir).resolve()} --config_file configs/train.json"
 
 
 def pack_bundle(
@@ -267,6 +267,8 @@ def unpack_bundle(
         manifest = _read_manifest(archive, zip_path)
         if trust is not None:
             signing.verify(archive.read(PACKAGE_MANIFEST), _signature(archive), trust)
+        else:
+            signing.verify_present(archive.read(PACKAGE_MANIFEST), _signature(archive))
         for name in manifest["files"]:
             _check_name(name)
         entries = {}
@@ -447,7 +449,7 @@ def unpack(
     if trust is not None:
         signature = f"signature: valid, signed by the trusted key {signer} ({trust})"
     elif signer is not None:
-        signature = f"signature: claims key {signer}, not checked (pass --trust THEIR_PUBLIC_KEY to check it)"
+        signature = f"signature: valid, by key {signer}; pass --trust THEIR_PUBLIC_KEY to check whose key it is"
     else:
         signature = "signature: none (the archive is intact, but nothing says who made it)"
     report = "\n".join(

@@ -82,17 +82,13 @@ def sign(data: bytes, private_key_path: str | os.PathLike) -> bytes:
     return json.dumps(document, indent=1).encode()
 
 
-def verify(data: bytes, document: bytes | None, trusted_public_key_path: str | os.PathLike) -> str:
-    """Check that the key in ``trusted_public_key_path`` signed ``data``; return its fingerprint.
+def _signed_by(data: bytes, document: bytes) -> bytes:
+    """The raw public key a signature document names, once its signature of ``data`` checks with that key.
 
     Raises:
-        SignatureError: no signature, a malformed one, one made with another key, or one that does not match.
+        SignatureError: a malformed document, another algorithm, or a signature that does not match ``data``.
     """
     _, ed25519 = _crypto()
-    trusted = _load_public(trusted_public_key_path)
-    expected = fingerprint(_raw_public(trusted))
-    if document is None:
-        raise SignatureError(f"the archive is not signed, and {trusted_public_key_path} ({expected}) is required")
     try:
         content = json.loads(document)
         signer = base64.b64decode(content["public_key"], validate=True)
@@ -102,17 +98,43 @@ def verify(data: bytes, document: bytes | None, trusted_public_key_path: str | o
         raise SignatureError(f"{SIGNATURE_FILE} is malformed: {err}") from err
     if algorithm != ALGORITHM:
         raise SignatureError(f"{SIGNATURE_FILE}: unsupported algorithm {algorithm!r}, expected {ALGORITHM}")
-    if signer != _raw_public(trusted):
-        raise SignatureError(
-            f"signed by key {fingerprint(signer)}, not by the trusted {trusted_public_key_path} ({expected})"
-        )
     try:
         ed25519.Ed25519PublicKey.from_public_bytes(signer).verify(signature, data)
     except Exception as err:  # cryptography raises InvalidSignature, which names nothing
         raise SignatureError(
-            f"the signature by {expected} does not match the archive's manifest (altered after signing)"
+            f"the signature by {fingerprint(signer)} does not match the archive's manifest (altered after signing)"
         ) from err
+    return signer
+
+
+def verify(data: bytes, document: bytes | None, trusted_public_key_path: str | os.PathLike) -> str:
+    """Check that the key in ``trusted_public_key_path`` signed ``data``; return its fingerprint.
+
+    Raises:
+        SignatureError: no signature, a malformed one, one made with another key, or one that does not match.
+    """
+    trusted = _raw_public(_load_public(trusted_public_key_path))
+    expected = fingerprint(trusted)
+    if document is None:
+        raise SignatureError(f"the archive is not signed, and {trusted_public_key_path} ({expected}) is required")
+    signer = _signed_by(data, document)
+    if signer != trusted:
+        raise SignatureError(
+            f"signed by key {fingerprint(signer)}, not by the trusted {trusted_public_key_path} ({expected})"
+        )
     return expected
+
+
+def verify_present(data: bytes, document: bytes | None) -> str | None:
+    """Check a signature that is present, whoever made it; return its key's fingerprint (``None`` when unsigned).
+
+    Without a trusted key this says nothing about who signed, but a signature that no longer matches means the
+    archive was altered, re-signed badly or truncated after signing, and that is refused.
+
+    Raises:
+        SignatureError: as :func:`verify`, except for the signer's identity.
+    """
+    return None if document is None else fingerprint(_signed_by(data, document))
 
 
 def signer_fingerprint(document: bytes | None) -> str | None:
