@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from monai_ext.bundle.data_check import DataCheckError, check_data, check_dataset_dir, checked_datalist
+from monai_ext.bundle.data_check import DataCheckError, check_data, check_dataset_dir, checked_datalist, find_problems
 
 SHAPE = (16, 16, 16)
 
@@ -222,3 +222,31 @@ def test_deeply_nested_dataset_json_is_one_clear_error(tmp_path):
     (tmp_path / "dataset.json").write_text("[" * 100000 + "]" * 100000)
     with pytest.raises(DataCheckError, match="nested too deeply"):
         check_dataset_dir(tmp_path)
+
+
+def test_the_byte_limit_counts_the_stored_type_and_the_scaling_nibabel_applies(tmp_path):
+    # a small .gz whose header claims 1290^3 complex128 values: 2.1e9 voxels pass the voxel limit, 32 GiB do not
+    forged = _forged(tmp_path / "complex.nii.gz", (1290, 1290, 1290), compress=True)
+    raw = bytearray(gzip.decompress(forged.read_bytes()))
+    raw[70:74] = np.array([1792, 128], dtype="<i2").tobytes()  # datatype complex128, bitpix 128
+    forged.write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(DataCheckError, match=r"of complex128, 32 GiB once loaded, above the limit of 8 GiB"):
+        checked_datalist([{"image": str(forged)}])
+
+    # int8 voxels with scl_slope load as float64: 8 bytes each, not 1
+    image = nib.Nifti1Image(np.ones((64, 64, 64), np.int8), np.eye(4))
+    image.header.set_slope_inter(2.0, 0.0)
+    nib.save(image, tmp_path / "scaled.nii.gz")
+    assert np.asanyarray(nib.load(tmp_path / "scaled.nii.gz").dataobj).dtype == np.float64
+    with pytest.raises(DataCheckError, match=r"of int8, 0.00195 GiB once loaded, above the limit of 0.000977 GiB"):
+        checked_datalist([{"image": str(tmp_path / "scaled.nii.gz")}], max_bytes=2**20)
+    plain = _save(tmp_path / "plain.nii.gz", np.ones((64, 64, 64), np.int8))
+    assert checked_datalist([{"image": str(plain)}], max_bytes=2**20) == [{"image": str(plain)}]
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 4), (4, -5, 4)])
+def test_zero_or_negative_dimensions_are_a_finding_not_a_traceback(shape, tmp_path):
+    image = _forged(tmp_path / "dims.nii", shape, compress=False)
+    problems = find_problems({"image": str(image)})
+    assert len(problems) == 1 and problems[0].startswith(f"{image}: image")
+    assert problems[0] == f"{image}: image header claims shape {shape}; every dimension must be positive"

@@ -19,14 +19,24 @@ import numpy as np
 
 from monai_ext.bundle.datalist import modality_channels, read_dataset_json
 
-__all__ = ["DataCheckError", "check_data", "check_dataset_dir", "checked_datalist", "find_problems"]
+__all__ = [
+    "MAX_BYTES",
+    "MAX_VOXELS",
+    "DataCheckError",
+    "check_data",
+    "check_dataset_dir",
+    "checked_datalist",
+    "find_problems",
+]
 
 logger = logging.getLogger(__name__)
 
 # Affines of an image and its label are compared with this absolute tolerance (mm); NIfTI stores float32.
 AFFINE_ATOL = 1e-3
-# A header may claim any shape; this many voxels (8 GiB of float32) is read at most unless the caller raises it.
+# A header may claim any shape; this many voxels, and this many bytes once nibabel has applied the header's scaling,
+# are read at most unless the caller raises them.
 MAX_VOXELS = 2**31
+MAX_BYTES = 2**33
 # deflate cannot compress better than about 1032:1, so a .gz file's data is at most this many times its size
 MAX_DEFLATE_RATIO = 1032
 
@@ -40,11 +50,29 @@ def _resolve(path: str | os.PathLike, base_dir: Path | None) -> Path:
     return path if path.is_absolute() or base_dir is None else base_dir / path
 
 
-def _header_problem(image: Any, path: Path, role: str, max_voxels: int) -> str | None:
+def _loaded_itemsize(image: Any) -> int:
+    """Bytes per voxel of the array nibabel returns: a header's scaling turns any stored type into float64."""
+    itemsize = image.get_data_dtype().itemsize
+    # nibabel moves the header's scl_slope and scl_inter onto the array proxy when it loads the header
+    slope, inter = getattr(image.dataobj, "slope", 1.0), getattr(image.dataobj, "inter", 0.0)
+    if slope == 1.0 and inter == 0.0:
+        return itemsize
+    return max(itemsize, 16 if image.get_data_dtype().kind == "c" else 8)
+
+
+def _header_problem(image: Any, path: Path, role: str, max_voxels: int, max_bytes: int) -> str | None:
     """Why the voxel data a header claims must not be read, judged before anything is allocated."""
     shape = tuple(int(n) for n in image.shape)
+    if any(n <= 0 for n in shape):
+        return f"{path}: {role} header claims shape {shape}; every dimension must be positive"
     voxels = int(np.prod(shape, dtype=np.float64)) if shape else 0
     claimed = voxels * image.get_data_dtype().itemsize
+    loaded = voxels * _loaded_itemsize(image)
+    if loaded > max_bytes:
+        return (
+            f"{path}: {role} header claims shape {shape} of {image.get_data_dtype()}, {loaded / 2**30:.3g} GiB once "
+            f"loaded, above the limit of {max_bytes / 2**30:.3g} GiB; raise max_bytes if the volume is real"
+        )
     if voxels > max_voxels:
         return (
             f"{path}: {role} header claims shape {shape} ({voxels:.3g} voxels), above the limit of {max_voxels:.3g} "
@@ -62,14 +90,16 @@ def _header_problem(image: Any, path: Path, role: str, max_voxels: int) -> str |
     return None
 
 
-def _load(path: Path, role: str, problems: list[str], max_voxels: int) -> tuple[np.ndarray, np.ndarray] | None:
+def _load(
+    path: Path, role: str, problems: list[str], max_voxels: int, max_bytes: int
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Return ``(data, affine)`` of a NIfTI file, or ``None`` after appending the reason it cannot be read."""
     if not path.is_file():
         problems.append(f"{path}: {role} file is missing")
         return None
     try:
         image = nib.load(path)  # reads the header only
-        refused = _header_problem(image, path, role, max_voxels)
+        refused = _header_problem(image, path, role, max_voxels, max_bytes)
         if refused:
             problems.append(refused)
             return None
@@ -99,6 +129,7 @@ def find_problems(
     num_classes: int | None = None,
     num_channels: int = 1,
     max_voxels: int = MAX_VOXELS,
+    max_bytes: int = MAX_BYTES,
 ) -> list[str]:
     """Return every problem of one datalist entry (an empty list when it is fine).
 
@@ -108,6 +139,7 @@ def find_problems(
         num_classes: label values must lie in ``0 .. num_classes - 1``; ``None`` skips that check.
         num_channels: channels an image must have: a 3D volume for 1, else 4D with the channels last (MSD layout).
         max_voxels: a file whose header claims more voxels is refused before its data is read.
+        max_bytes: likewise for the bytes of the loaded array (voxels times bytes per voxel after scaling).
 
     Returns:
         One message per problem, each starting with the file it concerns.
@@ -119,7 +151,7 @@ def find_problems(
     image_path = _resolve(entry["image"], base)
     label_path = _resolve(entry["label"], base) if entry.get("label") is not None else None
 
-    image = _load(image_path, "image", problems, max_voxels)
+    image = _load(image_path, "image", problems, max_voxels, max_bytes)
     if image is not None:
         data, _ = image
         expected = "3D volume" if num_channels == 1 else f"4D volume with {num_channels} channels last"
@@ -136,7 +168,7 @@ def find_problems(
     if label_path is None:
         return problems
 
-    label = _load(label_path, "label", problems, max_voxels)
+    label = _load(label_path, "label", problems, max_voxels, max_bytes)
     if label is None:
         return problems
     data, label_affine = label
@@ -176,6 +208,7 @@ def checked_datalist(
     base_dir: str | os.PathLike | None = None,
     num_channels: int = 1,
     max_voxels: int = MAX_VOXELS,
+    max_bytes: int = MAX_BYTES,
 ) -> list[dict]:
     """Read every case once and return the datalist of good cases; call it from a bundle before training.
 
@@ -186,6 +219,7 @@ def checked_datalist(
         base_dir: directory relative paths resolve against (``None``: the current directory).
         num_channels: image channels (a 3D volume for 1, else 4D with the channels last).
         max_voxels: a file whose header claims more voxels is refused before its data is read.
+        max_bytes: likewise for the bytes of the loaded array.
 
     Returns:
         A new list of new dicts (the input is not modified): all entries, or with ``skip_bad`` the good ones.
@@ -201,7 +235,7 @@ def checked_datalist(
     good: list[dict] = []
     problems: list[str] = []
     for entry in datalist:
-        found = find_problems(entry, base_dir, num_classes, num_channels, max_voxels)
+        found = find_problems(entry, base_dir, num_classes, num_channels, max_voxels, max_bytes)
         if found:
             problems.extend(found)
         else:
@@ -230,6 +264,7 @@ def check_dataset_dir(
     skip_bad: bool = False,
     keys: Sequence[str] = ("training", "validation"),
     max_voxels: int = MAX_VOXELS,
+    max_bytes: int = MAX_BYTES,
 ) -> list[dict]:
     """Check the datalists of a Medical Segmentation Decathlon directory (``dataset.json``, imagesTr/, labelsTr/).
 
@@ -239,6 +274,7 @@ def check_dataset_dir(
         skip_bad: drop bad cases with a warning instead of raising.
         keys: the lists of dataset.json to check (missing lists are skipped; ``training`` must exist).
         max_voxels: a file whose header claims more voxels is refused before its data is read.
+        max_bytes: likewise for the bytes of the loaded array.
 
     Returns:
         The good entries of all checked lists, with paths made absolute.
@@ -260,12 +296,21 @@ def check_dataset_dir(
                     resolved[field] = str(_resolve(resolved[field], root))
             datalist.append(resolved)
     return checked_datalist(
-        datalist, num_classes=num_classes, skip_bad=skip_bad, num_channels=num_channels, max_voxels=max_voxels
+        datalist,
+        num_classes=num_classes,
+        skip_bad=skip_bad,
+        num_channels=num_channels,
+        max_voxels=max_voxels,
+        max_bytes=max_bytes,
     )
 
 
 def check_data(
-    dataset_dir: str, skip_bad: bool = False, num_classes: int | None = None, max_voxels: int = MAX_VOXELS
+    dataset_dir: str,
+    skip_bad: bool = False,
+    num_classes: int | None = None,
+    max_voxels: int = MAX_VOXELS,
+    max_bytes: int = MAX_BYTES,
 ) -> str:
     """Check every case of an MSD-layout dataset directory once; print all problems and exit 1 if there are any.
 
@@ -274,10 +319,14 @@ def check_data(
         skip_bad: report bad cases as a warning and exit 0 if at least one good case is left.
         num_classes: overrides the number of classes declared in dataset.json's "labels".
         max_voxels: refuse, before reading it, any file whose header claims more voxels (default 2**31).
+        max_bytes: refuse, before reading it, any file whose loaded array would take more bytes, after the header's
+            scaling (default 2**33, 8 GiB).
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        good = check_dataset_dir(dataset_dir, num_classes=num_classes, skip_bad=skip_bad, max_voxels=max_voxels)
+        good = check_dataset_dir(
+            dataset_dir, num_classes=num_classes, skip_bad=skip_bad, max_voxels=max_voxels, max_bytes=max_bytes
+        )
     except DataCheckError as err:
         print(f"check_data: {dataset_dir}: {err}")
         raise SystemExit(1) from None
