@@ -274,3 +274,31 @@ def test_logging_conf_is_read_as_fileconfig_reads_it(construct, tmp_path):
     if construct == "interpolated_code":  # MONAI's own check lets this one through
         _reject_executable_logging_config(str(bundle / "configs" / "logging.conf"))
         assert not (tmp_path / "RAN").exists()
+
+
+def test_ids_are_looked_up_not_copied_per_expression():
+    # copying the config's ids for every expression made the audit quadratic (8,000 expressions: 10 s)
+    from monai_ext.sharing.allowlist import rewrite_like_monai
+
+    class CountingIds(set):
+        iterations = 0
+
+        def __iter__(self):
+            CountingIds.iterations += 1
+            return super().__iter__()
+
+    ids = CountingIds({"network", "device"})
+    assert rewrite_like_monai("@network.to(@device) + @missing", ids) == (
+        "__local_refs['network'].to(__local_refs['device']) + @missing"
+    )
+    assert CountingIds.iterations == 0
+
+
+@pytest.mark.parametrize("expression", ["-" * 800 + "1", "1" + "+1" * 3000, "not " * 900 + "1", "torch" + ".abs" * 900])
+def test_an_expression_nested_too_deep_to_check_is_a_finding(expression, tmp_path):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "train.json").write_text(
+        json.dumps({"imports": ["$import torch"], "deep": f"${expression}"})
+    )
+    flagged = [(item.key, item.flags) for item in audit_bundle(tmp_path) if item.flags]
+    assert flagged == [("deep", ("nested too deeply to check (Python's recursion limit); refused",))]

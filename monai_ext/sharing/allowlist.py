@@ -22,7 +22,7 @@ import inspect
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,7 +143,8 @@ def rewrite_like_monai(code: str, known_ids: Iterable[str] | None = None) -> str
     id separator, also inside strings and comments) and every ``@id`` becomes ``__local_refs['id']``.
     ``known_ids`` limits the rewriting to ids that exist, as MONAI's resolver does; ``None`` rewrites all."""
     code = code.replace("#", "::")
-    known = None if known_ids is None else set(known_ids)
+    # a config's ids come as a dict or set: copying them per expression made auditing quadratic in config size
+    known = known_ids if known_ids is None or isinstance(known_ids, Set | Mapping) else set(known_ids)
     for item in sorted(_REF_MATCH.findall(code), key=len, reverse=True):
         ref_id = item[1:]
         if known is None or ref_id in known:
@@ -620,6 +621,13 @@ def check_code(code: str, namespace: Namespace, allowlist: Allowlist) -> Check:
         The problems found (empty when everything it names or calls is allowed) and what the expression evaluates
         to, as far as it is known.
     """
+    try:
+        return _check_parsed(code, namespace, allowlist)
+    except RecursionError:  # a valid expression nested hundreds deep: Python's parser or our walk runs out of stack
+        return Check(["nested too deeply to check (Python's recursion limit); refused"])
+
+
+def _check_parsed(code: str, namespace: Namespace, allowlist: Allowlist) -> Check:
     try:
         tree = ast.parse(code, mode="eval")
     except SyntaxError:

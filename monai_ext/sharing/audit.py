@@ -400,7 +400,7 @@ def audit_bundle(
 def _is_import(code: str) -> bool:
     try:
         tree = ast.parse(code.replace("#", SEP), mode="exec")
-    except SyntaxError:
+    except (SyntaxError, RecursionError):  # too deep to parse: check_code flags it
         return False
     return len(tree.body) == 1 and isinstance(tree.body[0], ast.Import | ast.ImportFrom)
 
