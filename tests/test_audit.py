@@ -302,3 +302,15 @@ def test_an_expression_nested_too_deep_to_check_is_a_finding(expression, tmp_pat
     )
     flagged = [(item.key, item.flags) for item in audit_bundle(tmp_path) if item.flags]
     assert flagged == [("deep", ("nested too deeply to check (Python's recursion limit); refused",))]
+
+
+def test_a_yaml_bundle_is_audited(tmp_path):
+    # five of the Model Zoo's bundles are YAML; without PyYAML (now in the sharing extra) the audit crashed on them
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "inference.yaml").write_text(
+        "imports:\n- $import torch\nnetwork: $torch.nn.Identity()\npayload: $__import__('os').system('true')\n"
+    )
+    flagged = {item.key: item.flags for item in audit_bundle(tmp_path) if item.flags}
+    assert list(flagged) == ["payload"] and any(
+        "os.system" in flag or "__import__" in flag for flag in flagged["payload"]
+    )
