@@ -314,3 +314,16 @@ def test_a_yaml_bundle_is_audited(tmp_path):
     assert list(flagged) == ["payload"] and any(
         "os.system" in flag or "__import__" in flag for flag in flagged["payload"]
     )
+
+
+def test_the_bundles_own_modules_that_imports_could_reach_are_reported(tmp_path):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "train.json").write_text(json.dumps({"imports": ["$import torch"]}))
+    (tmp_path / "itk.py").write_text("import os\n")
+    (tmp_path / "numpy.py").write_text("import os\n")
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "__init__.py").write_text("")
+    flagged = {item.key: item.flags[0] for item in audit_bundle(tmp_path) if item.kind == "module"}
+    assert sorted(flagged) == ["itk", "numpy"], "scripts/ is the Zoo's place for code and is audited as configs use it"
+    assert "no installed module of that name, so MONAI's lazy import of it would load this file" in flagged["itk"]
+    assert "an installed module of that name is at" in flagged["numpy"] and flagged["numpy"].endswith("needs review")

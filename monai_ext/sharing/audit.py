@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import configparser
 import functools
+import importlib.util
 import inspect
 import json
 import os
@@ -60,7 +61,8 @@ class AuditItem:
     Attributes:
         source: the file, relative to the bundle root (e.g. ``configs/train.json``).
         key: where in the file (MONAI id with ``::`` separators, or ``[section] option`` for logging.conf).
-        kind: ``expression``, ``import``, ``_target_``, ``macro`` or ``logging``.
+        kind: ``expression``, ``import``, ``_target_``, ``macro``, ``logging`` or ``module`` (a Python module of the
+            bundle's own that imports could reach).
         text: the expression, target or value as written.
         flags: why it is refused; empty when everything it names resolves to allowed objects.
         resolved: the object a ``_target_`` resolves to, as a qualified name (empty for other kinds).
@@ -394,6 +396,32 @@ def audit_bundle(
                 items.append(AuditItem(source, key, "macro", value, (reason,) if reason else ()))
     for path in sorted(p for p in config_dir.rglob("*") if p.is_file() and p.suffix.lower() == ".conf"):
         items += audit_logging_conf(path, _source(path, root))
+    return items + bundle_modules(root)
+
+
+def bundle_modules(root: Path) -> list[AuditItem]:
+    """The bundle's own Python modules that an ``import`` could reach: MONAI puts the bundle root on ``sys.path``.
+
+    ``scripts`` is the Model Zoo's place for a bundle's code; any other top-level module or package (``itk.py``,
+    ``nrrd.py``, ...) would be imported by MONAI's lazy imports of that name wherever nothing installed takes
+    precedence. Each is flagged: it runs the bundle's own code.
+    """
+    items = []
+    for path in sorted(root.iterdir()):
+        name = path.stem if path.suffix == ".py" else path.name
+        is_module = path.is_file() and path.suffix == ".py"
+        is_package = path.is_dir() and (path / "__init__.py").is_file()
+        if not (is_module or is_package) or name == "scripts":
+            continue
+        try:
+            found = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            found = None
+        installed = f"an installed module of that name is at {found.origin}" if found and found.origin else (
+            "no installed module of that name, so MONAI's lazy import of it would load this file"
+        )  # fmt: skip
+        flag = f"the bundle's own code under the module name {name!r} ({installed}); needs review"
+        items.append(AuditItem(_source(path, root), name, "module", str(path.name), (flag,)))
     return items
 
 
