@@ -156,3 +156,28 @@ def test_unconfined_runs_only_when_asked_and_says_so(tmp_path):
     done = run_cli([bundle, "--unconfined"], tmp_path, module=("-m", "monai_ext", "run"))
     assert "NOT confined by the kernel (--unconfined)" in done.stdout
     assert "confined by the kernel." not in done.stderr
+
+
+class _OpensAFile:
+    """Unpickles into open(path, 'w'): a write the sandbox allows, so only a weights-only load stops it."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_every_torch_load_is_weights_only_even_when_the_config_asks_otherwise(tmp_path):
+    import torch
+
+    bundle = _bundle(tmp_path / "bundle", ["$torch.load(@bundle_root + '/p.pt', weights_only=False)"])
+    (bundle / "models").mkdir()
+    torch.save({"payload": _OpensAFile(bundle / "models" / "UNPICKLED")}, bundle / "p.pt")
+    allow = ["--allow", "torch.serialization.load"]
+    done = run_cli([bundle, *allow], tmp_path, module=("-m", "monai_ext", "run"), check=False)
+    assert done.returncode != 0 and "Weights only load failed" in done.stderr
+    assert not (bundle / "models" / "UNPICKLED").exists()
+    # the same load outside monai_ext run unpickles the payload
+    torch.load(bundle / "p.pt", weights_only=False)
+    assert (bundle / "models" / "UNPICKLED").exists()

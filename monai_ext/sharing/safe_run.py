@@ -15,6 +15,7 @@ given on the command line.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Sequence
@@ -192,8 +193,27 @@ def run_bundle(
     return workflow
 
 
+def _weights_only_torch_load() -> None:
+    """Make every ``torch.load`` of this process weights-only, whatever its caller asks for.
+
+    A bundle's configs name ``torch.load`` directly (the Model Zoo's do) and may pass ``weights_only=False``; a
+    checkpoint that needs that runs pickled code when loaded. In a confined run no load may unpickle code.
+    """
+    import torch
+
+    original = torch.load
+
+    @functools.wraps(original)
+    def load(*args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        return original(*args, **kwargs)
+
+    torch.load = load
+
+
 def run_from_child(spec: dict[str, Any]) -> int:
     """The confined child's side of :func:`run`: run the checked workflow and return the exit code."""
+    _weights_only_torch_load()
     try:
         run_bundle(
             spec["bundle_root"], spec["config_file"], spec["meta_file"], spec["logging_file"], spec["allow"],
