@@ -166,7 +166,7 @@ def test_cli_round_trip_audits_and_prints_what_to_install(bundle, tmp_path, caps
     packed = subprocess.run([*run, "pack", str(bundle), str(tmp_path / "b.zip")], capture_output=True, text=True)
     assert packed.returncode == 0, packed.stderr
     assert f"pack: wrote {tmp_path / 'b.zip'} with {len(SHIPPED)} files" in packed.stdout
-    unpacked = subprocess.run([*run, "unpack", str(tmp_path / "b.zip"), str(tmp_path / "dest"), "--strict"],
+    unpacked = subprocess.run([*run, "unpack", str(tmp_path / "b.zip"), str(tmp_path / "dest")],
                               capture_output=True, text=True)  # fmt: skip
     assert unpacked.returncode == 0, unpacked.stdout + unpacked.stderr
     assert f"{len(SHIPPED)} files verified" in unpacked.stdout
@@ -296,3 +296,30 @@ def test_signed_archive_unpacks_only_for_the_trusted_key(bundle, keys, tmp_path,
             unpack(str(archive), str(tmp_path / "refused_untrusted"))
         assert "does not match the archive's manifest" in capsys.readouterr().out, archive.name
         assert not (tmp_path / "refused_untrusted").exists()
+
+
+def test_findings_are_installed_only_when_accepted_by_name(bundle, tmp_path, capsys):
+    config = json.loads((bundle / "configs" / "train.json").read_text())
+    config["payload"] = "$__import__('os').system('true')"
+    (bundle / "configs" / "train.json").write_text(json.dumps(config))
+    pack_bundle(bundle, tmp_path / "flagged.zip")
+
+    def add_itk(entries):  # pack never ships a top-level module; a hand-made archive can
+        manifest = json.loads(entries[PACKAGE_MANIFEST])
+        entries["itk.py"] = b"import os\n"
+        manifest["files"]["itk.py"] = hashlib.sha256(entries["itk.py"]).hexdigest()
+        entries[PACKAGE_MANIFEST] = json.dumps(manifest, indent=1).encode()
+
+    _rewrite(tmp_path / "flagged.zip", add_itk)
+    names = ["configs/train.json:payload", "itk.py:itk"]
+
+    for accepted in ((), names[:1]):
+        with pytest.raises(SystemExit):
+            unpack(str(tmp_path / "flagged.zip"), str(tmp_path / "dest"), accept=list(accepted))
+        out = capsys.readouterr().out
+        assert "the audit has findings that need review, and nothing was installed" in out
+        assert "--accept " + ",".join(n for n in names if n not in accepted) in out
+        assert not (tmp_path / "dest").exists()
+
+    report = unpack(str(tmp_path / "flagged.zip"), str(tmp_path / "dest"), accept=",".join(names))
+    assert f"findings you accepted: {', '.join(sorted(names))}" in report and (tmp_path / "dest" / "itk.py").is_file()

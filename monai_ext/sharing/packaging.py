@@ -19,7 +19,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -391,7 +391,7 @@ def pack(bundle_dir: str, out_zip: str, sign: str | None = None) -> str:
 def unpack(
     zip_path: str,
     dest: str,
-    strict: bool = False,
+    accept: str | Sequence[str] = (),
     trust: str | None = None,
     max_total_bytes: int = MAX_TOTAL_BYTES,
     max_file_bytes: int = MAX_FILE_BYTES,
@@ -405,7 +405,8 @@ def unpack(
     Args:
         zip_path: an archive written by `monai_ext pack`.
         dest: a new directory to unpack into.
-        strict: exit with status 1 when the audit flags anything (the files stay unpacked for inspection).
+        accept: the findings of the audit you reviewed and accept, each named as the refusal lists it
+            (``SOURCE:KEY``, comma-separated or a list). A bundle with any other finding is not installed.
         trust: the sending lab's Ed25519 public key (PEM); refuse the archive unless that key signed it.
         max_total_bytes: refuse archives that unpack to more bytes in all (default 8 GiB).
         max_file_bytes: refuse any file that unpacks to more bytes (default 4 GiB).
@@ -413,6 +414,7 @@ def unpack(
         max_ratio: refuse any file that unpacks to more than this many times its packed size (default 200).
     """
     found: dict[str, Any] = {}
+    accepted = set(accept.split(",") if isinstance(accept, str) else accept)
 
     def inspect(staging: Path) -> None:
         try:
@@ -429,6 +431,15 @@ def unpack(
         found["install"] = install_instructions(
             found["manifest"], bundle_metadata if isinstance(bundle_metadata, dict) else None
         )
+        unaccepted = [f"{item.source}:{item.key}" for item in found["items"] if item.flags]
+        unaccepted = [name for name in unaccepted if name not in accepted]
+        if unaccepted:
+            raise PackageError(
+                "the audit has findings that need review, and nothing was installed:\n"
+                + format_report([item for item in found["items"] if item.flags])
+                + "\nreview them, then accept each by name: --accept "
+                + ",".join(unaccepted)
+            )
 
     try:
         with zipfile.ZipFile(zip_path) as archive:
@@ -457,11 +468,9 @@ def unpack(
             f"unpack: {len(manifest['files'])} files verified into {dest}",
             signature,
             format_report(items),
+            *([f"findings you accepted: {', '.join(sorted(accepted))}"] if accepted else []),
             found["install"],
             f"train it with:\n  {run_command(dest)}",
         ]
     )
-    if strict and any(item.flags for item in items):
-        print(report)
-        raise SystemExit(1)
     return report
