@@ -12,7 +12,8 @@ the workflow. Everything the workflow evaluates, the bundle's own Python files i
   as ``output_dir``, ``ckpt_dir`` or ``log_dir`` overrides, and the private temporary folder, which is also the
   working directory, ``HOME`` and ``TMPDIR`` of the run and is deleted afterwards; and ``/dev/shm``, the
   shared-memory folder where Python's multiprocessing locks (MONAI's CacheDataset takes one even without workers)
-  and PyTorch's shared tensors live, which a bundle can therefore leave files in until the next reboot;
+  and PyTorch's shared tensors live, which a bundle can therefore leave files in until the next reboot; and the
+  ``/dev/nvidia*`` device files, where a GPU driver has them;
 - no ``execve`` (no shell, no subprocess), no TCP, no signals to outside processes (see the Landlock module).
 
 An output folder that is a link leading out of the bundle is refused: the kernel would follow it.
@@ -20,6 +21,7 @@ An output folder that is a link leading out of the bundle is refused: the kernel
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -90,6 +92,7 @@ def sandbox_paths(
             raise ConfinementError(f"{folder}: a link out of the bundle; remove it, the kernel would follow it")
         folder.mkdir(exist_ok=True)
         writable.append(str(folder))
+    writable += sorted(glob.glob("/dev/nvidia*"))  # CUDA opens and ioctls these; a rule on a file grants only that file
     readable = [*_SYSTEM_READABLE, *_python_paths(), str(root)]
     for key, value in overrides.items():
         if isinstance(value, str) and os.path.isabs(value):
