@@ -107,3 +107,11 @@ def run_export_without_monai_ext(ts_file: Path, x: torch.Tensor, cwd: Path, meta
     )
     subprocess.run([sys.executable, "-I", "-c", script], check=True, cwd=cwd, timeout=300)
     return torch.load(cwd / "y.pt")
+
+
+def check_prediction(source, prediction, num_classes):
+    """A segmentation saved in its input's space: same grid and affine, labels below ``num_classes``."""
+    image, seg = nib.load(source), nib.load(prediction)
+    assert seg.shape == image.shape[:3]
+    np.testing.assert_allclose(seg.affine, image.affine, atol=1e-5)
+    assert set(np.unique(np.asarray(seg.dataobj))) <= set(range(num_classes))

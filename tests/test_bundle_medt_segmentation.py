@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from bundle_cli import (
+    check_prediction,
     config_files,
     copy_bundle,
     run_cli,
@@ -70,19 +71,12 @@ def test_evaluate_writes_per_case_dice_and_prints_the_mean(trained):
     assert printed == pytest.approx(np.mean(per_case), abs=1e-3)
 
 
-def _check_prediction(source, prediction, num_classes):
-    image, seg = nib.load(source), nib.load(prediction)
-    assert seg.shape == image.shape
-    np.testing.assert_allclose(seg.affine, image.affine, atol=1e-5)
-    assert set(np.unique(np.asarray(seg.dataobj))) <= set(range(num_classes))
-
-
 def test_inference_segments_the_test_list_in_the_input_space(trained):
     bundle, _ = trained
     run_cli(["run", "--config_file", config_files(bundle, ["inference.json"]), *TINY], bundle.parent)
     for case in datalist.inference_datalist(bundle / "dataset"):
         name = case["image"].rsplit("/", 1)[1].removesuffix(".nii.gz")
-        _check_prediction(case["image"], bundle / "outputs" / f"{name}_seg.nii.gz", 4)
+        check_prediction(case["image"], bundle / "outputs" / f"{name}_seg.nii.gz", 4)
         assert (bundle / "outputs" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -111,7 +105,7 @@ def test_inference_on_any_folder_with_a_small_oblique_anisotropic_image(trained,
         ],
         tmp_path,
     )
-    _check_prediction(images / "tiny_case.nii.gz", out / "tiny_case_seg.nii.gz", 4)
+    check_prediction(images / "tiny_case.nii.gz", out / "tiny_case_seg.nii.gz", 4)
     assert (out / "tiny_case.png").is_file()
 
 
@@ -178,7 +172,7 @@ def test_own_data_with_a_validation_list_sets_classes_from_labels(tmp_path):
     ) in done.stdout + done.stderr
     for case in datalist.inference_datalist(bundle / "dataset"):
         name = case["image"].rsplit("/", 1)[1].removesuffix(".nii.gz")
-        _check_prediction(case["image"], bundle / "outputs" / f"{name}_seg.nii.gz", 3)
+        check_prediction(case["image"], bundle / "outputs" / f"{name}_seg.nii.gz", 3)
     refused = run_cli(
         ["run", "--config_file", config_files(bundle, ["inference.json"]), "--num_classes", "5"], tmp_path, check=False
     )

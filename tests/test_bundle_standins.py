@@ -8,11 +8,9 @@ export run without monai_ext; then one epoch of DDP training under ``torchrun`` 
 import json
 import re
 
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
-from bundle_cli import REPO_ROOT, config_files, copy_bundle, run_cli, run_export_without_monai_ext
+from bundle_cli import REPO_ROOT, check_prediction, config_files, copy_bundle, run_cli, run_export_without_monai_ext
 
 from monai_ext.bundle import datalist, fingerprint, model_record, standins
 from monai_ext.sharing.checkpoint import verify_sha256
@@ -21,13 +19,6 @@ pytestmark = pytest.mark.slow
 
 NAME = "medt_segmentation_3d"
 ONE_EPOCH = {"train#trainer#max_epochs": 1, "val_interval": 1}
-
-
-def _check_prediction(source, prediction, num_classes):
-    image, seg = nib.load(source), nib.load(prediction)
-    assert seg.shape == image.shape[:3]
-    np.testing.assert_allclose(seg.affine, image.affine, atol=1e-5)
-    assert set(np.unique(np.asarray(seg.dataobj))) <= set(range(num_classes))
 
 
 @pytest.mark.parametrize("task", list(standins.STANDINS))
@@ -50,7 +41,7 @@ def test_fingerprint_then_zoo_sequence_export_and_ddp_on_a_decathlon_standin(tas
 
     for case in datalist.inference_datalist(data):
         name = case["image"].rsplit("/", 1)[1].removesuffix(".nii.gz")
-        _check_prediction(case["image"], bundle / "outputs" / f"{name}_seg.nii.gz", chosen["num_classes"])
+        check_prediction(case["image"], bundle / "outputs" / f"{name}_seg.nii.gz", chosen["num_classes"])
     x = torch.rand(1, chosen["in_channels"], *chosen["roi_size"])
     exported = run_export_without_monai_ext(bundle / "models" / "model.ts", x, tmp_path, b"HybridAxialUNet")
     assert tuple(exported.shape) == (1, chosen["num_classes"], *chosen["roi_size"])
