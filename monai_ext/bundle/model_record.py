@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from monai_ext.bundle.fingerprint import load_fingerprint, model_configuration, saved_fingerprint
 from monai_ext.sharing.checkpoint import SHA256_MANIFEST, atomic_write, read_manifest
 
 __all__ = [
@@ -67,8 +68,6 @@ def settled_configuration(
     Returns:
         One value for each of :data:`CONFIGURATION_FIELDS`.
     """
-    from monai_ext.bundle.fingerprint import load_fingerprint, model_configuration, saved_fingerprint
-
     record = recorded_configuration(model_file)
     if not all(field in record for field in CONFIGURATION_FIELDS):
         derived = model_configuration(load_fingerprint(fingerprint_file, dataset_dir))
