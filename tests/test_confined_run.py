@@ -13,6 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from bundle_cli import run_cli
 
@@ -112,6 +113,12 @@ def _payloads(outside):
             "logging_conf": "[loggers]\nkeys=root\n[handlers]\nkeys=file\n[formatters]\nkeys=\n"
             "[logger_root]\nlevel=INFO\nhandlers=file\n[handler_file]\nclass=FileHandler\nargs=('escape.log',)\n",
         },
+        "writer that defaults to the working directory": {"run": [{"_target_": "TensorBoardStatsHandler"}]},
+        "callable handed to an allowed caller": {"run": [f"$sorted([{touch!r}], key=os.system)"]},
+        "unpickling reader under an allowed prefix": {
+            "run": ["$monai.data.NumpyReader(allow_pickle=True).read(@bundle_root + '/payload.npy')"],
+            "npy_payload": touch,
+        },
     }
 
 
@@ -119,6 +126,8 @@ def _payloads(outside):
 def test_a_payload_leaves_nothing_outside_and_starts_no_program(name, tmp_path, outside, monkeypatch, capfd):
     payload = _payloads(outside)[name]
     bundle = _bundle(tmp_path / "bundle", payload["run"], payload.get("files"), payload.get("logging_conf"))
+    if "npy_payload" in payload:
+        np.save(bundle / "payload.npy", np.array([_RunsCommand(payload["npy_payload"])], dtype=object))
     invoking = tmp_path / "cwd"
     invoking.mkdir()
     monkeypatch.chdir(invoking)
@@ -166,6 +175,16 @@ def test_unconfined_runs_only_when_asked_and_says_so(tmp_path):
     done = run_cli([bundle, "--unconfined"], tmp_path, module=("-m", "monai_ext", "run"))
     assert "NOT confined by the kernel (--unconfined)" in done.stdout
     assert "confined by the kernel." not in done.stderr
+
+
+class _RunsCommand:
+    """Unpickles into os.system(command)."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
 
 
 class _OpensAFile:
