@@ -210,3 +210,13 @@ def test_every_torch_load_is_weights_only_even_when_the_config_asks_otherwise(tm
     # the same load outside monai_ext run unpickles the payload
     torch.load(bundle / "p.pt", weights_only=False)
     assert (bundle / "models" / "UNPICKLED").exists()
+
+
+def test_the_working_directory_on_sys_path_is_not_made_readable(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.chdir(home)
+    monkeypatch.syspath_prepend(str(home))  # as `python -m monai_ext run` started from the home folder does
+    bundle = _bundle(tmp_path / "bundle", ["$None"])
+    readable, writable = confined.sandbox_paths(bundle, {}, tmp_path / "private")
+    assert str(home) not in readable + writable and str(bundle) in readable

@@ -64,7 +64,9 @@ def _python_paths() -> list[str]:
     import monai_ext
 
     paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(monai_ext.__file__).resolve().parents[1])]
-    return paths + [p for p in sys.path if p and os.path.isabs(p)]
+    # `python -m` puts the working directory on sys.path; it may be the home folder, which the run must not read
+    cwd = os.getcwd()
+    return paths + [p for p in sys.path if p and os.path.isabs(p) and p != cwd]
 
 
 def sandbox_paths(
