@@ -99,20 +99,20 @@ DANGEROUS = {
         "torch.serialization.add_safe_globals is not on the allow-list",
     ),
     "dunder": ("$().__class__.__base__.__subclasses__()", "attributes starting with _ are refused"),
-    "lambda": ("$lambda x: x / x.max()", "lambda: defines a function in the config"),
+    "lambda": ("$lambda x: x / x.max()", "x.max(...): calls an object of unknown type"),
+    "lambda_rebinds": ("$(lambda exec: exec)(print)", "lambda parameter 'exec' rebinds a name"),
+    "setattr_elsewhere": ("$setattr(os, 'system', print)", "only setattr(torch.backends.<module>, 'name', value)"),
+    "setattr_passed": ("$list(map(setattr, [os], ['sep'], ['x']))", "builtins.setattr is not an allowed builtin"),
+    "pickled_cache": (
+        {"_target_": "PersistentDataset", "data": [], "cache_dir": "cache", "weights_only": False},
+        "weights_only must stay true",
+    ),
     "unknown_call": ("$@files.pop()", "calls an object of unknown type"),
     "target_process": ({"_target_": "subprocess.Popen", "args": ["ls"]}, "subprocess.Popen lies outside"),
     "target_exec": ({"_target_": "builtins.exec", "source": "x = 1"}, "builtins.exec lies outside"),
     "target_beyond": ({"_target_": "sklearn.svm.SVC"}, "sklearn.svm.SVC lies outside the importable packages"),
     "outside_macro": ("%../../elsewhere/configs/x.json#roi", "pulls config from '../../elsewhere/configs/x.json'"),
-    "target_monai_loader": (
-        {"_target_": "monai.handlers.CheckpointLoader", "load_path": "m.pt", "load_dict": {}},
-        "monai.handlers.checkpoint_loader.CheckpointLoader is refused",
-    ),
-    "target_short_loader": (
-        {"_target_": "CheckpointLoader", "load_path": "m.pt", "load_dict": {}},
-        "monai.handlers.checkpoint_loader.CheckpointLoader is refused",
-    ),
+    "debugger": ({"_target_": "torch.nn.Identity", "_mode_": "debug"}, "'debug' opens a debugger"),
     "target_short_builtin": ({"_target_": "eval", "source": "1"}, "short _target_ 'eval' is no MONAI component"),
     "target_short_ambiguous": ({"_target_": "SABlock", "hidden_size": 8, "num_heads": 2}, "'SABlock' is ambiguous"),
 }
@@ -174,7 +174,13 @@ def test_clean_bundle_lists_everything_and_flags_nothing(clean_bundle):
     assert expected <= listed
     expressions = sum(isinstance(v, str) and v.startswith("$") for v in json.dumps(TRAIN).split('"'))
     assert sum(item.kind in ("expression", "import") for item in items) == expressions
-    assert format_report(items).endswith(f"{len(items)} items would execute, 0 flagged")
+    report = format_report(items)
+    assert report.endswith(
+        f"{len(items)} items: {len(items) - 1} resolve to allowed objects, 1 listed above; 0 need review "
+        "(0 the bundle's own code, 0 not contained by the sandbox)"
+    )
+    assert "Loads checkpoints (1) [contained: every torch.load of a confined run is weights-only]" in report
+    assert "  configs/train.json: ckpt: $monai_ext.sharing.checkpoint.load_checkpoint(@bundle_root + " in report
     resolved = {item.key: item.resolved for item in items if item.kind == "_target_"}
     assert resolved["preprocessing::transforms::1::_target_"] == "monai.transforms.intensity.dictionary.ScaleIntensityd"
 
@@ -196,19 +202,54 @@ def test_every_dangerous_expression_is_flagged_naming_file_and_key(doctored_bund
         "writes to '/var/log/bundle.log', outside the bundle root"
         in (flags[("configs/logging.conf", "[handler_file] args")])
     )
-    report = format_report(items)
-    assert "   FLAG configs/train.json: shell: os.system: posix.system is not on the allow-list" in report.splitlines()
     # untouched entries of the clean config stay unflagged
     assert flags[("configs/train.json", "network_def::_target_")] == ""
 
 
-def test_strict_exit_codes(clean_bundle, doctored_bundle, tmp_path, capsys):
-    assert audit(str(clean_bundle), strict=True).endswith(" 0 flagged")
-    assert "FLAG configs/train.json: shell" in audit(str(doctored_bundle))
+# key -> the group a reviewer finds it in: what the sandbox contains, and what it does not (UDP, a debugger)
+GROUPS = {
+    "shell": "untyped",
+    "write_absolute": "untyped",
+    "write_parent": "writes",
+    "unsafe_load": "checkpoints",
+    "unhashed_load": "checkpoints",
+    "network_socket": "uncontained",
+    "debugger::_target_": "uncontained",
+    "[handler_remote] class": "uncontained",
+    "[handler_file] args": "writes",
+    "ckpt": "checkpoints",
+    "network_def::_target_": "",
+}
+
+
+def test_findings_are_grouped_for_a_reviewer_and_say_what_the_sandbox_contains(doctored_bundle):
+    items = audit_bundle(doctored_bundle)
+    groups = {item.key: item.group for item in items}
+    assert {key: groups[key] for key in GROUPS} == GROUPS
+    assert {item.key for item in items if not item.contained} == {
+        "network_socket", "debugger::_target_", "[handler_remote] class", "imports::4"
+    }, "the socket import, the socket expression, the debugger and the socket handler"  # fmt: skip
+    report = format_report(items)
+    lines = report.splitlines()
+    assert "Not contained by the sandbox (4) [needs review: --strict fails on these]" in lines
+    assert "  configs/train.json: shell: $os.system('touch EXECUTED')" in lines
+    assert "      why: os.system: posix.system is not on the allow-list" in lines
+    write_parent = lines.index("  configs/train.json: write_parent: $os.makedirs('../../outside')")
+    assert lines[write_parent + 1] == "      ../../outside (outside the bundle: the sandbox refuses it)"
+    assert lines[-1].endswith("need review (0 the bundle's own code, 4 not contained by the sandbox)")
+
+
+def test_strict_fails_only_on_what_the_sandbox_does_not_contain(clean_bundle, doctored_bundle, tmp_path, capsys):
+    assert audit(str(clean_bundle), strict=True).endswith("0 not contained by the sandbox)")
+    assert "  configs/train.json: shell: $os.system('touch EXECUTED')" in audit(str(doctored_bundle))
     with pytest.raises(SystemExit) as exited:
         audit(str(doctored_bundle), strict=True)
     assert exited.value.code == 1
-    assert "FLAG configs/train.json: delete_tree: shutil: not defined" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "  configs/train.json: network_socket: $socket.create_connection(('example.org', 80))" in out
+    contained_only = _make_bundle(tmp_path / "contained", {**TRAIN, "payload": "$os.system('touch EXECUTED')"})
+    report = audit(str(contained_only), strict=True)
+    assert "The allow-list cannot vouch for (1) [contained: it runs confined like everything else]" in report
     with pytest.raises(SystemExit) as exited:
         audit(str(tmp_path / "nope"))
     assert exited.value.code == 2 and "no configs directory" in capsys.readouterr().out
@@ -219,7 +260,8 @@ def test_cli_strict_fails_on_flags_and_executes_nothing(doctored_bundle, tmp_pat
     command = [sys.executable, "-m", "monai_ext", "audit", str(doctored_bundle), "--strict"]
     strict = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
     assert strict.returncode == 1
-    assert "FLAG configs/train.json: shell: os.system: posix.system is not on the allow-list" in strict.stdout
+    assert "      why: os.system: posix.system is not on the allow-list" in strict.stdout
+    assert "Not contained by the sandbox (4)" in strict.stdout
     assert not (tmp_path / "EXECUTED").exists()
 
 
@@ -323,7 +365,12 @@ def test_the_bundles_own_modules_that_imports_could_reach_are_reported(tmp_path)
     (tmp_path / "numpy.py").write_text("import os\n")
     (tmp_path / "scripts").mkdir()
     (tmp_path / "scripts" / "__init__.py").write_text("")
-    flagged = {item.key: item.flags[0] for item in audit_bundle(tmp_path) if item.kind == "module"}
-    assert sorted(flagged) == ["itk", "numpy"], "scripts/ is the Zoo's place for code and is audited as configs use it"
+    modules = [item for item in audit_bundle(tmp_path) if item.kind == "module"]
+    assert all(item.group == "code" and item.needs_review and item.contained for item in modules)
+    flagged = {item.key: item.flags[0] for item in modules if item.flags}
+    assert sorted(flagged) == ["itk", "numpy"], "scripts/ is the Zoo's place for code: listed, not flagged"
+    assert [(i.source, i.detail) for i in modules if not i.flags] == [
+        ("scripts/__init__.py", "0 lines of Python the configs can import")
+    ]
     assert "no installed module of that name, so MONAI's lazy import of it would load this file" in flagged["itk"]
     assert "an installed module of that name is at" in flagged["numpy"] and flagged["numpy"].endswith("needs review")

@@ -108,14 +108,6 @@ def _constructs(marker, root):
         "map_open": (run(f"$list(map(open, ['{marker}'], ['w']))"), {}, {}),
         "path_built_with_os_sep": (run(f"$os.makedirs(os.sep.join({str(marker).split(os.sep)!r}))"), {}, {}),
         "torch_save_keyword_path": (run(f"$torch.save({{}}, f='{marker}')"), {}, {}),
-        "monai_checkpoint_loader": (
-            {
-                "loader": {"_target_": "monai.handlers.CheckpointLoader", "load_path": f"{root}/p.pt", "load_dict": {}},
-                **run("@loader"),
-            },  # fmt: skip
-            {},
-            {},
-        ),
         "verify_switched_off": (
             {
                 "loader": {
@@ -176,6 +168,28 @@ def test_the_audit_flags_and_the_safe_runner_refuses_each_construct(name, tmp_pa
     assert not marker.exists(), f"{name}: the payload ran"
 
 
+def test_monai_checkpoint_loader_is_listed_and_loads_weights_only(tmp_path, monkeypatch):
+    # MONAI's CheckpointLoader calls torch.load(weights_only=True): a pickled payload cannot run, so it is allowed,
+    # and the audit lists the load (it is not checked against a SHA-256)
+    bundle, marker, _ = _doctored(tmp_path, "torch_reaches_os")
+    loader = {"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/p.pt'", "load_dict": {"net": "@net"}}
+    engine = {"_target_": "ignite.engine.Engine", "process_function": "$print"}
+    net = {"_target_": "torch.nn.Linear", "in_features": 1, "out_features": 1}
+    config = {**BASE, "net": net, "engine": engine, "loader": loader, "run": ["$@loader(@engine)"]}
+    (bundle / "configs" / "train.json").write_text(json.dumps(config))
+    [listed] = [item for item in audit_bundle(bundle) if item.key == "loader::_target_"]
+    assert (listed.group, listed.flags, listed.detail) == (
+        "checkpoints",
+        (),
+        "a path inside the bundle, known only at run time",
+    )
+    monkeypatch.chdir(bundle)
+    with pytest.raises(RuntimeError, match="Failed to evaluate") as raised:
+        run_bundle(bundle, logging_file=False)
+    assert "Weights only load failed" in str(raised.value.__cause__)
+    assert not marker.exists()
+
+
 def test_the_base_bundle_is_clean_and_runs(tmp_path):
     root = tmp_path / "bundle"
     (root / "configs").mkdir(parents=True)
@@ -205,12 +219,17 @@ def test_our_bundles_run_under_the_safe_runner_from_the_command_line(tmp_path):
     tiny = ["--roi_size", "[16,16,16]", "--pixdim", "[4.0,4.0,4.0]"]
     done = run_cli([bundle, *tiny, "--train#trainer#max_epochs", "1", "--val_interval", "1", "--num_samples", "1"],
                    tmp_path, module=("-m", "monai_ext", "run"))  # fmt: skip
-    assert "every item was checked before it ran" in done.stdout
+    assert "finished, confined by the kernel" in done.stdout
+    assert "cannot vouch for" not in done.stdout, "our bundles need nothing beyond the allow-list"
     run_cli([bundle, "--config_file", "configs/inference.json", *tiny], tmp_path, module=("-m", "monai_ext", "run"))
     assert list((bundle / "outputs").glob("*_seg.nii.gz"))
-    refused = run_cli([bundle, *tiny, "--run#0", "$monai.utils.run_cmd(['true'])"], tmp_path,
+    # in a confined run the allow-list only reports; the kernel stops the program from starting
+    stopped = run_cli([bundle, *tiny, "--run#0", "$monai.utils.run_cmd(['true'])"], tmp_path,
                       module=("-m", "monai_ext", "run"), check=False)  # fmt: skip
-    assert refused.returncode == 1 and "monai.utils.misc.run_cmd is not on the allow-list" in refused.stdout
+    assert stopped.returncode != 0
+    assert "the allow-list cannot vouch for run::0" in stopped.stdout
+    assert "monai.utils.misc.run_cmd is not on the allow-list" in stopped.stdout
+    assert "PermissionError" in stopped.stdout + stopped.stderr
 
     autoencoder = copy_bundle("autoencoderkl_3d", tmp_path)
     small = [*tiny, "--network_def#channels", "[8,8]"]

@@ -3,13 +3,15 @@ name, attribute, reference and call of a config expression to one of them, the w
 
 A blocklist cannot be sound against ``eval``: allowed roots reach everything (``torch.os.system``), and names can be
 rebound. So every object an expression names or calls is resolved to one Python object and accepted only when it is
-on the list below; attributes starting with ``_`` are refused outright, as are lambdas, assignment expressions,
-comprehensions that rebind a name in use, and calls on objects whose type is not known. Paths given to known
-writers must be provably inside the bundle.
+on the list below; attributes starting with ``_`` are refused outright, as are assignment expressions, lambda
+parameters and comprehension variables that rebind a name in use, and calls on objects whose type is not known.
+Paths given to known writers must be provably inside the bundle.
 
 The same checker serves the static audit (:mod:`monai_ext.sharing.audit`: references are typed from the config,
 e.g. a component's class) and the safe runner (:mod:`monai_ext.sharing.safe_run`: references are the objects MONAI
-resolved, checked the moment before MONAI evaluates the expression).
+resolved, checked the moment before MONAI evaluates the expression). Neither is the enforcement: an in-process check
+of ``eval``'d Python can be routed around, so ``monai_ext run`` relies on the kernel (:mod:`.confined`), and this
+checker tells a reviewer what the allow-list could not vouch for.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ __all__ = [
 ]
 
 # Top-level packages whose modules may be imported or named. Nothing outside them is ever imported by a check.
-IMPORTABLE_ROOTS = frozenset({"monai", "monai_ext", "torch", "numpy", "ignite", "os", "posixpath", "math", "glob"})
+IMPORTABLE_ROOTS = frozenset(
+    {"monai", "monai_ext", "torch", "numpy", "ignite", "os", "posixpath", "math", "glob", "logging"}
+)
 # Modules whose public classes and functions are allowed (prefix match on the object's defining module).
 ALLOWED_MODULE_PREFIXES = (
     "monai.transforms", "monai.networks", "monai.losses", "monai.metrics", "monai.inferers", "monai.engines",
@@ -63,15 +67,14 @@ ALLOWED_NAMES = frozenset(
         "_collections_abc.Mapping.get", "os._Environ.get",
         "monai.utils.misc.set_determinism", "monai.utils.misc.first", "monai.utils.misc.ensure_tuple",
         "numpy.array", "numpy.asarray", "numpy.zeros", "numpy.ones", "numpy.arange",
+        "logging.getLogger", "logging.Logger",
     }
 )  # fmt: skip
-# Refused even under an allowed prefix: loaders that skip the SHA-256 check, datasets that unpickle a cache, and
-# handlers that send data off the machine.
+# Refused even under an allowed prefix: datasets that unpickle a cache, and handlers that send data off the machine.
+# (MONAI's CheckpointLoader and PersistentDataset are allowed: they load weights only, see WEIGHTS_ONLY_LOADERS.)
 DENIED_NAMES = frozenset(
     {
-        "monai.handlers.checkpoint_loader.CheckpointLoader",
-        "monai.data.dataset.PersistentDataset", "monai.data.dataset.LMDBDataset",
-        "monai.data.dataset.CacheNTransDataset", "monai.data.dataset.GDSDataset",
+        "monai.data.dataset.LMDBDataset", "monai.data.dataset.GDSDataset",
         "monai.handlers.mlflow_handler.MLFlowHandler", "monai.handlers.clearml_handlers.ClearMLHandler",
         "monai.handlers.clearml_handlers.ClearMLStatsHandler", "monai.handlers.clearml_handlers.ClearMLImageHandler",
         "monai.networks.utils.convert_to_torchscript", "monai.networks.utils.convert_to_onnx",
@@ -85,6 +88,7 @@ DENIED_MODULE_PREFIXES = (
     "ignite.handlers.mlflow_logger", "ignite.handlers.neptune_logger", "ignite.handlers.wandb_logger",
     "ignite.handlers.clearml_logger", "ignite.handlers.polyaxon_logger", "ignite.handlers.visdom_logger",
 )  # fmt: skip
+TENSOR_FUNCTIONS_DENIED = frozenset({"from_file"})
 SAFE_BUILTINS = frozenset(
     {
         "abs", "all", "any", "bool", "dict", "divmod", "enumerate", "filter", "float", "frozenset", "int",
@@ -122,6 +126,8 @@ WRITERS = {
     "monai.handlers.tensorboard_handlers.TensorBoardStatsHandler": ("log_dir", None),
     "monai.handlers.tensorboard_handlers.TensorBoardImageHandler": ("log_dir", None),
     "monai.handlers.checkpoint_saver.CheckpointSaver": ("save_dir", 0),
+    "monai.data.dataset.PersistentDataset": ("cache_dir", 2),
+    "monai.data.dataset.CacheNTransDataset": ("cache_dir", 3),
     "monai.handlers.classification_saver.ClassificationSaver": ("output_dir", None),
     "monai.handlers.probability_maps.ProbMapProducer": ("output_dir", None),
     "monai_ext.sharing.checkpoint.AtomicCheckpointSaver": ("save_dir", 0),
@@ -131,9 +137,14 @@ WRITERS = {
     "ignite.handlers.checkpoint.DiskSaver": ("dirname", 0),
     "ignite.handlers.checkpoint.ModelCheckpoint": ("dirname", 0),
 }
+# (module, class, attribute) -> (module, class) of attributes set in __init__, which the checker cannot see on the
+# class: the Zoo's configs call `@trainer.logger.setLevel(...)`.
+INSTANCE_ATTRIBUTES = {("ignite.engine.engine", "Engine", "logger"): ("logging", "Logger")}
 # How MONAI may invoke a component: "debug" would open a debugger on the bundle's command.
 COMPONENT_MODES = ("default", "callable")
 CHECKED_LOADER = "monai_ext.sharing.checkpoint.CheckedCheckpointLoader"
+# Components that call torch.load weights-only unless an argument switches it off.
+WEIGHTS_ONLY_LOADERS = frozenset({"monai.data.dataset.PersistentDataset", "monai.data.dataset.CacheNTransDataset"})
 REFS = "__local_refs"  # the name MONAI gives the resolved references inside an evaluated expression
 _REF_MATCH = re.compile(r"@(?:\w*)(?:::\w*)*")
 
@@ -166,7 +177,10 @@ def qualified_name(obj: Any) -> str | None:
     if inspect.ismethod(obj):
         return qualified_name(obj.__func__)
     module = getattr(obj, "__module__", None)
-    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    short = getattr(obj, "__name__", None)
+    if module and short and getattr(sys.modules.get(module), short, None) is obj:
+        return f"{module}.{short}"  # what the module calls it: torch.zeros, not torch._VariableFunctionsClass.zeros
+    name = getattr(obj, "__qualname__", None) or short
     return f"{module}.{name}" if module and name else None
 
 
@@ -189,7 +203,7 @@ class Allowlist:
         if any(_under(name, extra) for extra in self.extra):
             return None
         if name in DENIED_NAMES or any(_under(name, prefix) for prefix in DENIED_MODULE_PREFIXES):
-            return f"{name} is refused (see monai_ext.sharing.allowlist.DENIED_NAMES)"
+            return f"{name} is refused: it unpickles files or sends data off the machine (allowlist.DENIED_NAMES)"
         if name.startswith("builtins."):
             short = name.removeprefix("builtins.")
             owner = short.split(".")[0]
@@ -198,7 +212,7 @@ class Allowlist:
             if any(owner == t.__name__ for t in SAFE_BUILTIN_TYPES) and short.split(".")[-1] not in UNSAFE_DATA_METHODS:
                 return None
             return f"{name} is not an allowed builtin"
-        if name in ALLOWED_NAMES or _is_numpy_scalar_type(obj) or _is_library_enum(obj):
+        if name in ALLOWED_NAMES or _is_numpy_scalar_type(obj) or _is_library_enum(obj) or _is_tensor_function(obj):
             return None
         if any(_under(name, prefix) for prefix in ALLOWED_MODULE_PREFIXES) and not _private(name):
             return None
@@ -221,6 +235,16 @@ def _is_definition(obj: Any) -> bool:
 def _is_numpy_scalar_type(obj: Any) -> bool:
     numpy = sys.modules.get("numpy")
     return numpy is not None and isinstance(obj, type) and issubclass(obj, numpy.generic)
+
+
+def _is_tensor_function(obj: Any) -> bool:
+    """A public tensor operation of torch's C core (``torch.where``, ``torch.randn``): pure computation, except
+    ``from_file``, which maps a file."""
+    torch = sys.modules.get("torch")
+    name = getattr(obj, "__name__", "")
+    if torch is None or not inspect.isbuiltin(obj) or name.startswith("_") or name in TENSOR_FUNCTIONS_DENIED:
+        return False
+    return getattr(torch._C._VariableFunctions, name, None) is obj
 
 
 def _is_library_enum(obj: Any) -> bool:
@@ -266,8 +290,12 @@ class Namespace:
 
 @dataclass
 class Check:
+    """What checking one expression found: its problems, its value, what it names and where it writes."""
+
     problems: list[str] = field(default_factory=list)
     result: Value = UNKNOWN
+    names: list[str] = field(default_factory=list)
+    writes: list[tuple[str, Value]] = field(default_factory=list)
 
 
 def _module_attribute(module: Any, attr: str, allowlist: Allowlist) -> Any:
@@ -312,6 +340,8 @@ class _Checker:
         self.namespace = namespace
         self.allowlist = allowlist
         self.problems: list[str] = []
+        self.names: list[str] = []  # qualified names of the functions and classes named, allowed or not
+        self.writes: list[tuple[str, Value]] = []  # (writer, the path it writes to)
 
     def flag(self, message: str) -> Value:
         self.problems.append(message)
@@ -320,6 +350,7 @@ class _Checker:
     def named(self, value: Value, shown: str) -> Value:
         """A function, class or module that an expression names must be allowed even when it is not called."""
         if value.known and _is_definition(value.obj):
+            self.names.append(qualified_name(value.obj) or shown)
             reason = self.allowlist.reason(value.obj)
             if reason:
                 return self.flag(f"{shown}: {reason}")
@@ -383,9 +414,14 @@ class _Checker:
         return UNKNOWN
 
     def _on_binop(self, node: ast.BinOp, local: frozenset[str]) -> Value:
-        self.visit(node.left, local)
-        self.visit(node.right, local)
-        return UNKNOWN
+        left, right = self.visit(node.left, local), self.visit(node.right, local)
+        if not isinstance(node.op, ast.Add) or not (right.known and isinstance(right.obj, str)):
+            return UNKNOWN
+        if left.known and isinstance(left.obj, str):  # "@bundle_root + '/eval'" with bundle_root "."
+            joined = self._on_constant(ast.Constant(left.obj + right.obj), local)
+            return joined if left.provable_path else Value.of(joined.obj)
+        # a provable folder known only at run time (bundle_root()) extended by a literal without ".."
+        return Value(provable_path=left.provable_path and ".." not in right.obj.replace("\\", "/").split("/"))
 
     def _on_unaryop(self, node: ast.UnaryOp, local: frozenset[str]) -> Value:
         self.visit(node.operand, local)
@@ -447,6 +483,8 @@ class _Checker:
 
     def _on_call(self, node: ast.Call, local: frozenset[str]) -> Value:
         shown = ast.unparse(node.func)
+        if shown == "setattr" and "setattr" not in local and "setattr" not in self.namespace.globals:
+            return self._setattr([self.visit(arg, local) for arg in node.args], node, local)
         already = len(self.problems)
         function = self.visit(node.func, local)
         arguments = [self.visit(arg, local) for arg in node.args]
@@ -469,6 +507,8 @@ class _Checker:
                 return Value(provable_path=provable)
             if name == "monai_ext.bundle.paths.bundle_root":
                 return Value(provable_path=True)
+            if name == "logging.getLogger":
+                return Value.instance(sys.modules["logging"].Logger)
             return UNKNOWN
         if isinstance(function.obj, _BoundMethod):
             owner, name, target = function.obj.owner, function.obj.name, function.obj.target
@@ -484,10 +524,34 @@ class _Checker:
             if name in SELF_RETURNING_METHODS and module is not None and issubclass(owner, module.Module):
                 return Value.instance(owner)
             return UNKNOWN
+        if function.cls is not None and not function.known:  # an instance of a known class: its __call__
+            reason = self.allowlist.reason(function.cls)
+            return self.flag(f"{shown}: {reason}") if reason else UNKNOWN
         if len(self.problems) > already:
             return UNKNOWN  # the callee itself was refused; one message is enough
         return self.flag(f"{shown}(...): calls an object of unknown type (only allowed classes and functions, and "
                          "methods of objects of allowed classes, may be called)")  # fmt: skip
+
+    def _setattr(self, arguments: list[Value], node: ast.Call, local: frozenset[str]) -> Value:
+        """``setattr(torch.backends.cudnn, 'benchmark', True)``, as the Model Zoo writes it, and nothing else: named
+        anywhere but as the callee, ``setattr`` stays refused."""
+        shown = "setattr"
+        for keyword in node.keywords:
+            self.visit(keyword.value, local)
+        owner = arguments[0] if arguments else UNKNOWN
+        attribute = arguments[1] if len(arguments) > 1 else UNKNOWN
+        if (
+            len(arguments) == 3
+            and not node.keywords
+            and owner.known
+            and inspect.ismodule(owner.obj)
+            and _under(owner.obj.__name__, "torch.backends")
+            and attribute.known
+            and isinstance(attribute.obj, str)
+            and not attribute.obj.startswith("_")
+        ):
+            return UNKNOWN
+        return self.flag(f"{shown}: only setattr(torch.backends.<module>, 'name', value) is accepted")
 
     def check_write(self, name: str | None, node: ast.Call, args: list[Value], keywords: dict, shown: str) -> None:
         if name not in WRITERS:
@@ -499,6 +563,7 @@ class _Checker:
             path = args[position]
         else:
             return
+        self.writes.append((name, path))
         self.check_path(path, f"{shown} writes to")
 
     def check_path(self, path: Value, what: str) -> None:
@@ -538,7 +603,18 @@ class _Checker:
         return self._comprehension(node.generators, [node.key, node.value], local)
 
     def _on_lambda(self, node: ast.Lambda, local: frozenset[str]) -> Value:
-        return self.flag("lambda: defines a function in the config; use a named MONAI or monai_ext callable")
+        """The body is checked as written, its parameters of unknown type (``lambda x: x[0]['pred']``)."""
+        arguments = node.args
+        names = [a.arg for a in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]]
+        names += [a.arg for a in (arguments.vararg, arguments.kwarg) if a is not None]
+        for default in [*arguments.defaults, *arguments.kw_defaults]:
+            if default is not None:
+                self.visit(default, local)
+        for name in names:
+            if name in self.namespace.globals or hasattr(builtins, name) or name == REFS or name.startswith("_"):
+                self.flag(f"lambda parameter {name!r} rebinds a name the expression could otherwise use")
+        self.visit(node.body, local | frozenset(names))
+        return UNKNOWN
 
     def _on_namedexpr(self, node: ast.NamedExpr, local: frozenset[str]) -> Value:
         return self.flag(":= binds a name inside the expression")
@@ -551,7 +627,21 @@ class _BoundMethod:
     target: Any
 
 
+def _instance_attribute(owner: type, name: str) -> type | None:
+    """The class of an attribute that a library sets in ``__init__`` (invisible on the class), where it is known."""
+    for (module, qualname, attribute), (attribute_module, attribute_class) in INSTANCE_ATTRIBUTES.items():
+        if attribute != name or module not in sys.modules or attribute_module not in sys.modules:
+            continue
+        base = getattr(sys.modules[module], qualname, None)
+        if isinstance(base, type) and issubclass(owner, base):
+            return getattr(sys.modules[attribute_module], attribute_class)
+    return None
+
+
 def _method(owner: type, name: str) -> Value:
+    attribute = _instance_attribute(owner, name)
+    if attribute is not None:
+        return Value.instance(attribute)
     target = inspect.getattr_static(owner, name, None)
     if isinstance(target, (staticmethod, classmethod)):
         target = target.__func__
@@ -607,6 +697,8 @@ def component_problems(
     if reason:
         problems.append(reason)
     name = qualified_name(target)
+    if name in WEIGHTS_ONLY_LOADERS and config.get("weights_only", True) is not True:
+        problems.append("weights_only must stay true: with it off, loading the cache unpickles code")
     if name == CHECKED_LOADER and config.get("verify", True) is not True:
         problems.append("verify must stay true: checkpoint verification cannot be switched off")
     if name in WRITERS and WRITERS[name][0] in config and not path_allowed(config[WRITERS[name][0]]):
@@ -640,4 +732,4 @@ def _check_parsed(code: str, namespace: Namespace, allowlist: Allowlist) -> Chec
         return Check(["MONAI evaluates only expressions and single import statements; refused"])
     checker = _Checker(namespace, allowlist)
     result = checker.visit(tree, frozenset())
-    return Check(list(dict.fromkeys(checker.problems)), result)
+    return Check(list(dict.fromkeys(checker.problems)), result, checker.names, checker.writes)

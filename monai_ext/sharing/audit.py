@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import dataclasses
 import functools
 import importlib.util
 import inspect
@@ -31,8 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from monai_ext.sharing.allowlist import (
+    CHECKED_LOADER,
     UNKNOWN,
+    WRITERS,
     Allowlist,
+    Check,
     Namespace,
     Value,
     check_code,
@@ -41,10 +45,12 @@ from monai_ext.sharing.allowlist import (
     resolve_dotted,
     rewrite_like_monai,
 )
+from monai_ext.sharing.confined import BUNDLE_OUTPUT_FOLDERS
 
-__all__ = ["AuditItem", "audit", "audit_bundle", "format_report", "resolve_target"]
+__all__ = ["GROUPS", "AuditItem", "audit", "audit_bundle", "format_report", "resolve_target", "write_folders"]
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+DEFINITION_FOLDERS = ("configs", "docs", "scripts")
 # MONAI's ConfigParser binds these in every expression's globals before any import of the bundle.
 DEFAULT_GLOBALS = {"monai": "monai", "torch": "torch", "np": "numpy", "numpy": "numpy"}
 # What logging.conf may name; fileConfig evaluates `class` in logging's namespace, then imports it as a dotted path.
@@ -61,11 +67,15 @@ class AuditItem:
     Attributes:
         source: the file, relative to the bundle root (e.g. ``configs/train.json``).
         key: where in the file (MONAI id with ``::`` separators, or ``[section] option`` for logging.conf).
-        kind: ``expression``, ``import``, ``_target_``, ``macro``, ``logging`` or ``module`` (a Python module of the
-            bundle's own that imports could reach).
+        kind: ``expression``, ``import``, ``_target_``, ``macro``, ``path`` (an absolute path in a config),
+            ``logging`` or ``module`` (a Python module of the bundle's own that imports could reach).
         text: the expression, target or value as written.
-        flags: why it is refused; empty when everything it names resolves to allowed objects.
+        flags: why the allow-list cannot vouch for it; empty when everything it names resolves to allowed objects.
         resolved: the object a ``_target_`` resolves to, as a qualified name (empty for other kinds).
+        group: where a reviewer finds it (a key of :data:`GROUPS`); empty when there is nothing to report.
+        detail: what the group is about: the resolved path written or loaded, the code run, why it is not contained.
+        paths: the folders it writes into, or the files it loads, where the config gives them (relative to the
+            bundle, or absolute).
     """
 
     source: str
@@ -74,6 +84,19 @@ class AuditItem:
     text: str
     flags: tuple[str, ...] = ()
     resolved: str = ""
+    group: str = ""
+    detail: str = ""
+    paths: tuple[str, ...] = ()
+
+    @property
+    def contained(self) -> bool:
+        """Whether the kernel's rules in ``monai_ext run`` bound what it can do."""
+        return self.group != "uncontained"
+
+    @property
+    def needs_review(self) -> bool:
+        """Whether a person should read it: the bundle's own code, and what the sandbox does not contain."""
+        return self.group in ("code", "uncontained")
 
 
 @functools.cache
@@ -161,26 +184,45 @@ def _common_base(classes: list[type]) -> type | None:
 
 
 class _ConfigTypes:
-    """Static types of ``@id`` references: what each definition of the id evaluates to, as far as it is known."""
+    """Static types of ``@id`` references: what each definition of the id evaluates to, as far as it is known.
 
-    def __init__(self, definitions: dict[str, list[Any]], namespace_globals: dict[str, Value], allowlist: Allowlist):
-        self.definitions = definitions
+    A reference is typed from the definitions in its own file when there are any (``train.json``'s ``network_def``
+    is not ``inference_trt.json``'s), else from every file that defines it.
+    """
+
+    def __init__(self, flats: dict[Path, dict[str, Any]], namespace_globals: dict[str, Value], allowlist: Allowlist):
+        self.flats = flats
+        self.ids = {key for flat in flats.values() for key in flat}
         self.globals = namespace_globals
         self.allowlist = allowlist
-        self.cache: dict[str, Value] = {}
-        self.resolving: set[str] = set()
+        self.cache: dict[tuple[Path | None, str], Value] = {}
+        self.resolving: set[tuple[Path | None, str]] = set()
 
-    def namespace(self) -> Namespace:
-        return Namespace(self.globals, self.ref)
+    def namespace(self, path: Path | None) -> Namespace:
+        return Namespace(self.globals, functools.partial(self.ref, path=path))
 
-    def ref(self, ref_id: str) -> Value:
-        if ref_id in self.cache:
-            return self.cache[ref_id]
-        if ref_id in self.resolving or ref_id not in self.definitions:
+    def check(self, code: str, path: Path | None) -> Check:
+        return check_code(rewrite_like_monai(code, self.ids), self.namespace(path), self.allowlist)
+
+    def _definitions(self, ref_id: str, path: Path | None) -> list[tuple[Path, Any]]:
+        if path in self.flats and ref_id in self.flats[path]:
+            return [(path, self.flats[path][ref_id])]
+        # the Zoo layers evaluate.json and multi_gpu_*.json over train.json
+        base = [other for other in self.flats if other.name.lower() == "train.json" and ref_id in self.flats[other]]
+        if base:
+            return [(base[0], self.flats[base[0]][ref_id])]
+        return [(other, flat[ref_id]) for other, flat in self.flats.items() if ref_id in flat]
+
+    def ref(self, ref_id: str, path: Path | None = None) -> Value:
+        key = (path, ref_id)
+        if key in self.cache:
+            return self.cache[key]
+        definitions = self._definitions(ref_id, path)
+        if key in self.resolving or not definitions:
             return UNKNOWN
-        self.resolving.add(ref_id)
-        values = [self.value_of(definition) for definition in self.definitions[ref_id]]
-        self.resolving.discard(ref_id)
+        self.resolving.add(key)
+        values = [self.value_of(definition, where) for where, definition in definitions]
+        self.resolving.discard(key)
         classes = [v.cls for v in values]
         if len(values) == 1:
             result = values[0]
@@ -190,10 +232,10 @@ class _ConfigTypes:
             result = UNKNOWN
         result = Value(obj=result.obj, cls=result.cls, known=result.known,
                        provable_path=all(v.provable_path for v in values))  # fmt: skip
-        self.cache[ref_id] = result
+        self.cache[key] = result
         return result
 
-    def value_of(self, definition: Any) -> Value:
+    def value_of(self, definition: Any, path: Path | None) -> Value:
         if isinstance(definition, dict) and isinstance(definition.get("_target_"), str):
             target = definition["_target_"]
             if target.startswith(("$", "@")):
@@ -201,21 +243,22 @@ class _ConfigTypes:
             obj, reason = resolve_target(target, self.allowlist)
             return Value.instance(obj) if reason is None and inspect.isclass(obj) else UNKNOWN
         if isinstance(definition, str) and definition.startswith("$"):
-            return check_code(
-                rewrite_like_monai(definition[1:], self.definitions), self.namespace(), self.allowlist
-            ).result
+            return self.check(definition[1:], path).result
         if isinstance(definition, str) and definition.startswith("@"):
-            return self.ref(definition[1:].replace("#", SEP))
+            return self.ref(definition[1:].replace("#", SEP), path)
+        if isinstance(definition, str) and definition.startswith("%"):
+            file, ref_id = _split_macro(definition)
+            return UNKNOWN if file else self.ref(ref_id, path)
         if isinstance(definition, str):
-            return check_code(repr(definition), self.namespace(), self.allowlist).result
+            return check_code(repr(definition), self.namespace(path), self.allowlist).result
         return UNKNOWN
 
 
-def _target_flags(node: dict, types: _ConfigTypes, allowlist: Allowlist) -> tuple[list[str], str]:
+def _target_flags(node: dict, types: _ConfigTypes, allowlist: Allowlist, path: Path) -> tuple[list[str], str]:
     target = node["_target_"]
 
     def provable(value: Any) -> bool:
-        return types.value_of(value).provable_path
+        return types.value_of(value, path).provable_path
 
     if not isinstance(target, str) or target.startswith(("$", "@")):
         computed = f"a computed _target_ ({target!r:.60}) is checked only when the safe runner resolves it"
@@ -292,6 +335,10 @@ def audit_logging_conf(path: Path, source: str) -> list[AuditItem]:
                     target = arguments[0].value if arguments and isinstance(arguments[0], ast.Constant) else None
                     if not isinstance(target, str) or _outside_bundle(target):
                         flags = [f"FileHandler writes to {target!r}, outside the bundle root"]
+                    where = _where(target) if isinstance(target, str) else "a path that is not a literal"
+                    items.append(AuditItem(source, f"[{section}] {option}", "logging", shown, tuple(flags),
+                                           group="writes", detail=where))  # fmt: skip
+                    continue
             items.append(AuditItem(source, f"[{section}] {option}", "logging", shown, tuple(flags)))
     return items
 
@@ -300,8 +347,16 @@ def _config_files(config_dir: Path) -> list[Path]:
     return sorted(p for p in config_dir.rglob("*") if p.is_file() and p.suffix.lower() in CONFIG_SUFFIXES)
 
 
+def _split_macro(value: str) -> tuple[str, str]:
+    """``%file.json#id`` as MONAI splits it: a file only when the text names one with a config suffix, so
+    ``%train#postprocessing`` is the id ``train::postprocessing`` of the same config."""
+    from monai.bundle import ConfigParser
+
+    return ConfigParser.split_path_id(value[1:])
+
+
 def _macro_file(value: str, root: Path) -> tuple[Path | None, str | None]:
-    path = re.split("::|#", value[1:], maxsplit=1)[0]
+    path, _ = _split_macro(value)
     if not path:
         return None, None  # a macro into the same config
     if _outside_bundle(path):
@@ -316,7 +371,7 @@ def audit_bundle(
     bundle_dir: str | os.PathLike, extra_configs: Sequence[str | os.PathLike] = (), allow: Sequence[str] = ()
 ) -> list[AuditItem]:
     """List everything the configs of a bundle would execute, each resolved to one object, flagging what is not
-    on the allow-list.
+    on the allow-list and sorting what a reviewer should see into groups (:data:`GROUPS`).
 
     Args:
         bundle_dir: the bundle root (holding ``configs/``).
@@ -324,7 +379,8 @@ def audit_bundle(
         allow: qualified names or module prefixes to accept besides the allow-list (``--allow NAME``).
 
     Returns:
-        One :class:`AuditItem` per expression, import, ``_target_``, macro and logging handler/formatter.
+        One :class:`AuditItem` per expression, import, ``_target_``, macro, absolute path, logging handler/formatter
+        and module of the bundle's own.
 
     Raises:
         FileNotFoundError: ``bundle_dir/configs`` does not exist.
@@ -357,56 +413,197 @@ def audit_bundle(
     for path, config in configs.items():
         flats[path] = {}
         _flatten(_merged(json.loads(json.dumps(config))), "", flats[path])
-    definitions: dict[str, list[Any]] = {}
-    for flat in flats.values():
-        for key, value in flat.items():
-            definitions.setdefault(key, []).append(value)
     globals_ = {name: Value.of(resolve_dotted(module, allowlist)[0]) for name, module in DEFAULT_GLOBALS.items()}
-    types = _ConfigTypes(definitions, globals_, allowlist)
+    types = _ConfigTypes(flats, globals_, allowlist)
 
     items: list[AuditItem] = []
     imports = [(path, key, value) for path, flat in flats.items() for key, value in flat.items()
                if isinstance(value, str) and value.startswith("$") and _is_import(value[1:])]  # fmt: skip
     for path, key, value in imports:  # MONAI evaluates every import first, into globals all expressions share
-        flags = check_code(value[1:], types.namespace(), allowlist).problems
-        items.append(AuditItem(_source(path, root), key, "import", value, tuple(flags)))
+        flags = check_code(value[1:], types.namespace(path), allowlist).problems
+        items.append(_grouped(AuditItem(_source(path, root), key, "import", value, tuple(flags))))
     for path, flat in flats.items():
         source = _source(path, root)
         for key, value in flat.items():
             if isinstance(value, dict) and "_target_" in value:
-                flags, resolved = _target_flags(value, types, allowlist)
-                target = value["_target_"]
-                if isinstance(target, str) and target.startswith("$"):
-                    flags += check_code(
-                        rewrite_like_monai(target[1:], definitions), types.namespace(), allowlist
-                    ).problems
-                items.append(AuditItem(source, f"{key}{SEP}_target_" if key else "_target_", "_target_",
-                                       str(target), tuple(flags), resolved))  # fmt: skip
+                items.append(_component_item(source, f"{key}{SEP}_target_" if key else "_target_", value, types, path))
             elif key.endswith(f"{SEP}_target_") or key == "_target_":
                 if SEP in key and key.rsplit(SEP, 1)[0] in flat and isinstance(flat[key.rsplit(SEP, 1)[0]], dict):
                     continue  # listed with its component above
-                flags, resolved = _target_flags({"_target_": value}, types, allowlist)
-                items.append(AuditItem(source, key, "_target_", str(value), tuple(flags), resolved))
+                items.append(_component_item(source, key, {"_target_": value}, types, path))
             elif isinstance(value, str) and value.startswith("$") and not _is_import(value[1:]):
-                code = rewrite_like_monai(value[1:], definitions)
-                flags = check_code(code, types.namespace(), allowlist).problems
-                items.append(AuditItem(source, key, "expression", value, tuple(flags)))
+                check = types.check(value[1:], path)
+                item = AuditItem(source, key, "expression", value, tuple(check.problems))
+                items.append(_grouped(item, check.names, check.writes))
             elif isinstance(value, str) and value.startswith("%"):
                 _, reason = _macro_file(value, root)
-                items.append(AuditItem(source, key, "macro", value, (reason,) if reason else ()))
+                item = AuditItem(source, key, "macro", value, (reason,) if reason else ())
+                items.append(_replace(item, group="reads", detail=value[1:]) if reason else item)
+            elif isinstance(value, str) and (os.path.isabs(value) or value.startswith("~")):
+                items.append(AuditItem(source, key, "path", value, group="reads", detail=_where(value)))
     for path in sorted(p for p in config_dir.rglob("*") if p.is_file() and p.suffix.lower() == ".conf"):
-        items += audit_logging_conf(path, _source(path, root))
-    return items + bundle_modules(root)
+        items += [_grouped(item) for item in audit_logging_conf(path, _source(path, root))]
+    return _on_own_objects(items) + bundle_modules(root)
+
+
+def _on_own_objects(items: list[AuditItem]) -> list[AuditItem]:
+    """Expressions the allow-list cannot type because they use an object of the bundle's own code
+    (``@network_def.to(@device)`` where ``network_def`` is ``scripts.networks.UNesT``) join that code's group."""
+    own = {item.key.removesuffix(f"{SEP}_target_") for item in items if item.group == "code"}
+    grew = True
+    while grew:
+        using = {item.key for item in items if item.key not in own and _references(item.text) & own}
+        grew = bool(using)
+        own |= using
+    return [
+        _replace(item, group="code", detail="uses the bundle's own objects: " + ", ".join(
+            "@" + ref.replace(SEP, "#") for ref in sorted(_references(item.text) & own)))
+        if item.group == "untyped" and _references(item.text) & own else item
+        for item in items
+    ]  # fmt: skip
+
+
+def _references(text: str) -> set[str]:
+    return {ref[1:].replace("#", SEP) for ref in re.findall(r"@[\w#:]+", text)}
+
+
+def _component_item(source: str, key: str, node: dict, types: _ConfigTypes, path: Path) -> AuditItem:
+    flags, resolved = _target_flags(node, types, types.allowlist, path)
+    target = node["_target_"]
+    names, writes = [resolved] if resolved else [], []
+    if isinstance(target, str) and target.startswith("$"):
+        check = types.check(target[1:], path)
+        flags += check.problems
+        names, writes = check.names, check.writes
+    if resolved in WRITERS and WRITERS[resolved][0] in node:
+        writes = [(resolved, types.value_of(node[WRITERS[resolved][0]], path))]
+    if resolved in CHECKPOINT_LOADERS:
+        argument = CHECKPOINT_LOADERS[resolved][0]
+        loaded = types.value_of(node[argument], path) if argument in node else UNKNOWN
+        return _replace(AuditItem(source, key, "_target_", str(target), tuple(flags), resolved),
+                        group="checkpoints", detail=_where(loaded), paths=_known_paths([loaded]))  # fmt: skip
+    item = AuditItem(source, key, "_target_", str(target), tuple(flags), resolved)
+    return _grouped(item, names, writes)
+
+
+# Callables that load a checkpoint -> (keyword, position) of the path they load. In a confined run every torch.load
+# is weights-only, and a TorchScript archive holds no pickled Python objects.
+CHECKPOINT_LOADERS = {
+    "torch.serialization.load": ("f", 0),
+    "torch.jit._serialization.load": ("f", 0),
+    "monai.handlers.checkpoint_loader.CheckpointLoader": ("load_path", 0),
+    CHECKED_LOADER: ("load_path", 0),
+    "monai_ext.sharing.checkpoint.load_checkpoint": ("path", 0),
+}
+# Not covered by the kernel's rules: Landlock restricts TCP but not UDP, and a debugger reads the user's terminal.
+UNCONTAINED_MARKERS = {
+    "socket": "UDP is not restricted by Landlock: a socket can send data off the machine",
+    "debugger": "a debugger stops the run and takes commands from the terminal of whoever runs it",
+    "not one of the accepted handlers": "a logging handler of another class may send records over UDP "
+    "(DatagramHandler, SysLogHandler), which Landlock does not restrict",
+}
+GROUPS = {
+    "code": ("Runs the bundle's own code", "needs review: it runs confined, but what it computes is only known by "
+             "reading it"),
+    "writes": ("Writes to", "contained: the sandbox allows only the bundle's output folders and the folders you name"),
+    "reads": ("Reads from", "contained: the sandbox allows only the bundle and the folders you name"),
+    "checkpoints": ("Loads checkpoints", "contained: every torch.load of a confined run is weights-only"),
+    "untyped": ("The allow-list cannot vouch for", "contained: it runs confined like everything else"),
+    "uncontained": ("Not contained by the sandbox", "needs review: --strict fails on these"),
+}  # fmt: skip
+
+
+def _replace(item: AuditItem, **changes: Any) -> AuditItem:
+    return dataclasses.replace(item, **changes)
+
+
+def _own_code(item: AuditItem) -> bool:
+    name = item.resolved or item.text.lstrip("$")
+    if item.kind == "module" or name.startswith("scripts."):
+        return True
+    return item.kind in ("import", "expression") and re.search(r"(?<![\w.])scripts\b", item.text) is not None
+
+
+def _grouped(
+    item: AuditItem,
+    names: Sequence[str] = (),
+    writes: Sequence[tuple[str, Value]] = (),
+) -> AuditItem:
+    """The item with the group a reviewer finds it in (empty: allowed and nothing to report) and its detail."""
+    if item.group:
+        return item
+    for marker, why in UNCONTAINED_MARKERS.items():
+        if any(marker in flag for flag in item.flags) or (marker == "socket" and re.search(r"\bsocket\b", item.text)):
+            return _replace(item, group="uncontained", detail=why)
+    if _own_code(item):
+        return _replace(item, group="code", detail=item.resolved or item.text)
+    loaders = [name for name in names if name in CHECKPOINT_LOADERS]
+    if loaders:
+        return _replace(item, group="checkpoints", detail=f"through {loaders[0]}")
+    if writes:
+        targets = [target for _, target in writes]
+        folders = [_folder(writer, target) for writer, target in writes]
+        return _replace(item, group="writes", detail="; ".join(map(_where, targets)), paths=_known_paths(folders))
+    if item.flags:
+        return _replace(item, group="untyped")
+    return item
+
+
+def _folder(writer: str, target: Value) -> Value:
+    """The folder a writer writes into: its path argument, or that path's parent when the argument names a file."""
+    keyword = WRITERS[writer][0] if writer in WRITERS else ""
+    if keyword.endswith("_dir") or keyword in ("name", "root", "dirname") or not target.known:
+        return target
+    return Value.of(os.path.dirname(target.obj)) if isinstance(target.obj, str) else UNKNOWN
+
+
+def _known_paths(values: Sequence[Value]) -> tuple[str, ...]:
+    return tuple(v.obj for v in values if v.known and isinstance(v.obj, str))
+
+
+def write_folders(items: Sequence[AuditItem]) -> list[str]:
+    """The bundle's top-level folders that the configs write to by a relative path (``./output``, ``@bundle_root +
+    '/eval'`` with ``bundle_root`` ".") besides the bundle's definition (``configs``, ``docs``, ``scripts``)."""
+    folders = set()
+    for item in items:
+        for path in item.paths if item.group == "writes" else ():
+            parts = Path(os.path.normpath(path)).parts
+            if path and not os.path.isabs(path) and parts[0] not in ("..", ".", *DEFINITION_FOLDERS):
+                folders.add(parts[0])
+    return sorted(folders)
+
+
+def _where(path: Value | str) -> str:
+    """A path as a confined run of the bundle would meet it, and what the sandbox says to it."""
+    value = path if isinstance(path, str) else (path.obj if path.known and isinstance(path.obj, str) else None)
+    if value is None:
+        if isinstance(path, Value) and path.provable_path:
+            return "a path inside the bundle, known only at run time"
+        return "a path known only at run time"
+    if os.path.isabs(value) or value.startswith("~"):
+        return f"{value} (outside the bundle: a confined run reaches it only when you name it on the command line)"
+    relative = os.path.normpath(value)
+    top = relative.split(os.sep)[0]
+    if top == "..":
+        return f"{value} (outside the bundle: the sandbox refuses it)"
+    if top in BUNDLE_OUTPUT_FOLDERS:
+        return f"BUNDLE/{relative} (an output folder of the bundle)"
+    return f"BUNDLE/{relative}" if relative != "." else "BUNDLE"
 
 
 def bundle_modules(root: Path) -> list[AuditItem]:
     """The bundle's own Python modules that an ``import`` could reach: MONAI puts the bundle root on ``sys.path``.
 
-    ``scripts`` is the Model Zoo's place for a bundle's code; any other top-level module or package (``itk.py``,
-    ``nrrd.py``, ...) would be imported by MONAI's lazy imports of that name wherever nothing installed takes
-    precedence. Each is flagged: it runs the bundle's own code.
+    ``scripts`` is the Model Zoo's place for a bundle's code: each of its files is listed for a reviewer to read.
+    Any other top-level module or package (``itk.py``, ``nrrd.py``, ...) would be imported by MONAI's lazy imports
+    of that name wherever nothing installed takes precedence (``monai_ext run`` puts the bundle last on
+    ``sys.path``): each is flagged.
     """
     items = []
+    for path in sorted((root / "scripts").rglob("*.py")) if (root / "scripts").is_dir() else []:
+        lines = len(path.read_bytes().splitlines())
+        items.append(AuditItem(_source(path, root), "scripts", "module", path.name, group="code",
+                               detail=f"{lines} lines of Python the configs can import"))  # fmt: skip
     for path in sorted(root.iterdir()):
         name = path.stem if path.suffix == ".py" else path.name
         is_module = path.is_file() and path.suffix == ".py"
@@ -421,7 +618,7 @@ def bundle_modules(root: Path) -> list[AuditItem]:
             "no installed module of that name, so MONAI's lazy import of it would load this file"
         )  # fmt: skip
         flag = f"the bundle's own code under the module name {name!r} ({installed}); needs review"
-        items.append(AuditItem(_source(path, root), name, "module", str(path.name), (flag,)))
+        items.append(AuditItem(_source(path, root), name, "module", str(path.name), (flag,), group="code"))
     return items
 
 
@@ -437,29 +634,62 @@ def _source(path: Path, root: Path) -> str:
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
-def format_report(items: list[AuditItem]) -> str:
-    """One line per item (with the object a ``_target_`` resolves to), then one ``FLAG`` line per reason."""
-    lines = []
-    for item in items:
-        resolved = f" -> {item.resolved}" if item.resolved else ""
-        lines.append(f"{'!!' if item.flags else 'ok'} {item.source}: {item.key}: [{item.kind}] {item.text}{resolved}")
-        lines += [f"   FLAG {item.source}: {item.key}: {flag}" for flag in item.flags]
-    flagged = sum(bool(item.flags) for item in items)
-    lines.append(f"{len(items)} items would execute, {flagged} flagged")
+def format_report(items: list[AuditItem], verbose: bool = False) -> str:
+    """A reviewer's report: the findings grouped (:data:`GROUPS`), each with its file, key, text and what it reaches,
+    then a summary line. ``verbose`` also lists every item that resolved to allowed objects."""
+    lines = [
+        "Statuses assume the bundle runs under `python -m monai_ext run` (confined by the kernel); run any other way,",
+        "everything below runs with your rights.",
+    ]
+    for group, (title, status) in GROUPS.items():
+        members = [item for item in items if item.group == group]
+        if not members:
+            continue
+        lines += ["", f"{title} ({len(members)}) [{status}]"]
+        for item in members:
+            resolved = f" -> {item.resolved}" if item.resolved and item.resolved != item.text else ""
+            lines.append(f"  {item.source}: {item.key}: {item.text:.160}{resolved}")
+            if item.detail and item.detail != item.text:
+                lines.append(f"      {item.detail}")
+            lines += [f"      why: {flag}" for flag in item.flags]
+    if verbose:
+        lines += ["", "Resolved to allowed objects:"]
+        lines += [f"  {i.source}: {i.key}: {i.text:.160}" + (f" -> {i.resolved}" if i.resolved else "")
+                  for i in items if not i.group]  # fmt: skip
+    review = [item for item in items if item.needs_review]
+    uncontained = sum(not item.contained for item in items)
+    listed = sum(bool(item.group) for item in items)
+    lines += [
+        "",
+        f"{len(items)} items: {len(items) - listed} resolve to allowed objects, {listed} listed above; "
+        f"{len(review)} need review ({len(review) - uncontained} the bundle's own code, {uncontained} not contained "
+        "by the sandbox)",
+    ]
     return "\n".join(lines)
 
 
 def audit(
-    bundle_dir: str, strict: bool = False, extra_configs: str | Sequence[str] = (), allow: str | Sequence[str] = ()
+    bundle_dir: str,
+    strict: bool = False,
+    extra_configs: str | Sequence[str] = (),
+    allow: str | Sequence[str] = (),
+    verbose: bool = False,
 ) -> str:
-    """List everything a bundle's configs would execute (resolved, never run) and flag what is not on the allow-list.
+    """Report what a bundle would do (resolved, never run), grouped for a reviewer: the bundle's own code it runs,
+    where it writes and reads, the checkpoints it loads, what the allow-list cannot vouch for, and what the sandbox
+    of `monai_ext run` does not contain. Each group says whether it is contained or needs review.
+
+    Example:
+
+        python -m monai_ext audit received/spleen_ct_segmentation --strict
 
     Args:
         bundle_dir: the bundle root, holding configs/.
-        strict: exit with status 1 when anything is flagged.
+        strict: exit with status 1 when anything is not contained by the sandbox.
         extra_configs: config files from outside the bundle that runs merge with it (comma-separated or a list).
         allow: qualified names or module prefixes to accept besides the allow-list (comma-separated or a list);
             they are listed in the report.
+        verbose: also list every item that resolved to allowed objects.
     """
     if isinstance(extra_configs, str):
         extra_configs = [p for p in extra_configs.split(",") if p]
@@ -470,10 +700,10 @@ def audit(
     except (FileNotFoundError, ValueError) as err:
         print(f"audit: {err}")
         raise SystemExit(2) from None
-    report = format_report(items)
+    report = f"Audit of {bundle_dir}\n" + format_report(items, verbose)
     if allow:
         report += "\nallowed beyond the allow-list by --allow: " + ", ".join(allow)
-    if strict and any(item.flags for item in items):
+    if strict and not all(item.contained for item in items):
         print(report)
         raise SystemExit(1)
     return report

@@ -8,15 +8,18 @@ the workflow. Everything the workflow evaluates, the bundle's own Python files i
 
 - read: the Python environment, system libraries and settings (``/usr``, ``/lib*``, a few ``/etc`` files without
   secrets, ``/proc``, ``/sys``), the bundle, and the folders named on the command line;
-- write: the bundle's output folders (``models``, ``eval``, ``outputs``, ``dataset``, ``logs``), the folders given
-  as ``output_dir``, ``ckpt_dir`` or ``log_dir`` overrides, and the private temporary folder, which is also the
-  working directory, ``HOME`` and ``TMPDIR`` of the run and is deleted afterwards; and ``/dev/shm``, the
+- write: the bundle's output folders (``models``, ``eval``, ``outputs``, ``dataset``, ``logs``, and any other
+  top-level folder but ``configs``, ``docs`` and ``scripts`` that the audit finds the configs writing to, such as
+  the Model Zoo's ``output``), the folders given as ``output_dir``, ``ckpt_dir`` or ``log_dir`` overrides, and a
+  private temporary folder, the run's ``HOME`` and ``TMPDIR``, deleted afterwards; and ``/dev/shm``, the
   shared-memory folder where Python's multiprocessing locks (MONAI's CacheDataset takes one even without workers)
   and PyTorch's shared tensors live, which a bundle can therefore leave files in until the next reboot; and the
   ``/dev/nvidia*`` device files, where a GPU driver has them;
 - no ``execve`` (no shell, no subprocess), no TCP, no signals to outside processes (see the Landlock module).
 
-An output folder that is a link leading out of the bundle is refused: the kernel would follow it.
+The run's working directory is the bundle root, as the Model Zoo's commands assume (``"bundle_root": "."``, macros
+like ``%configs/train.json#x``); it is readable, not writable. An output folder that is a link leading out of the
+bundle is refused: the kernel would follow it.
 """
 
 from __future__ import annotations
@@ -70,7 +73,10 @@ def _python_paths() -> list[str]:
 
 
 def sandbox_paths(
-    bundle_root: str | os.PathLike, overrides: Mapping[str, Any], private_tmp: str | os.PathLike
+    bundle_root: str | os.PathLike,
+    overrides: Mapping[str, Any],
+    private_tmp: str | os.PathLike,
+    output_folders: Sequence[str] = (),
 ) -> tuple[list[str], list[str]]:
     """The folders a confined run of ``bundle_root`` may read and may write, creating the writable ones.
 
@@ -79,6 +85,8 @@ def sandbox_paths(
         overrides: the run's ``--key value`` overrides; absolute paths among the values become readable, and those
             of :data:`WRITABLE_OVERRIDES` writable.
         private_tmp: the run's own temporary folder.
+        output_folders: more top-level folders of the bundle that its configs write to (the Model Zoo's
+            ``output``), besides :data:`BUNDLE_OUTPUT_FOLDERS`.
 
     Returns:
         ``(readable, writable)`` absolute paths.
@@ -88,7 +96,7 @@ def sandbox_paths(
     """
     root = Path(bundle_root).resolve()
     writable = [str(private_tmp), "/dev/shm"]
-    for name in BUNDLE_OUTPUT_FOLDERS:
+    for name in dict.fromkeys([*BUNDLE_OUTPUT_FOLDERS, *output_folders]):
         folder = root / name
         if folder.is_symlink() or (folder.exists() and not folder.resolve().is_relative_to(root)):
             raise ConfinementError(f"{folder}: a link out of the bundle; remove it, the kernel would follow it")
@@ -131,11 +139,14 @@ def run_confined(
         monai_ext.sharing.landlock.LandlockUnavailableError: the kernel cannot confine (checked before anything starts).
     """
     from monai_ext.sharing import landlock
+    from monai_ext.sharing.audit import audit_bundle, write_folders
 
     landlock.abi_version()
+    outside_configs = [f for f in config_file or () if os.path.isabs(f)]
+    output_folders = write_folders(audit_bundle(bundle_root, outside_configs))  # read, never evaluated
     private_tmp = tempfile.mkdtemp(prefix="monai_ext_run_")
     try:
-        readable, writable = sandbox_paths(bundle_root, overrides, private_tmp)
+        readable, writable = sandbox_paths(bundle_root, overrides, private_tmp, output_folders)
         spec = {
             "landlock": landlock.__file__,
             "readable": readable,
@@ -149,7 +160,7 @@ def run_confined(
         }
         done = subprocess.run(
             [sys.executable, "-I", "-B", "-c", _BOOTSTRAP, json.dumps(spec)],
-            cwd=private_tmp,
+            cwd=str(Path(bundle_root).resolve()),  # as the Model Zoo's commands run: relative paths mean the bundle
             env=_child_environment(private_tmp),
             check=False,
         )

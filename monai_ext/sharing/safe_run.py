@@ -1,16 +1,18 @@
-"""``python -m monai_ext run BUNDLE_DIR``: run another lab's bundle confined by the kernel, every item checked.
+"""``python -m monai_ext run BUNDLE_DIR``: run another lab's bundle confined by the kernel.
 
 The run happens in a child process that Landlock confines before it imports torch or monai
 (:mod:`monai_ext.sharing.confined`): whatever an item does, it cannot write outside the allowed folders, start a
-program or open a TCP connection. Inside, the workflow also checks itself against the allow-list:
+program or open a TCP connection. The kernel is the enforcement, because an in-process check of ``eval``'d Python
+can always be routed around.
 
-The same workflows as ``python -m monai.bundle run`` (MONAI's ``ConfigWorkflow``: initialize, run, finalize), with
-MONAI's parser replaced by one whose items check themselves at the moment MONAI evaluates them: every ``$``
+The workflows are those of ``python -m monai.bundle run`` (MONAI's ``ConfigWorkflow``: initialize, run, finalize),
+with MONAI's parser replaced by one whose items check themselves at the moment MONAI evaluates them: every ``$``
 expression as MONAI will ``eval`` it (``#`` rewritten, references substituted, the live objects behind ``@id`` and
-the shared imports known), and every ``_target_`` as the object MONAI resolved, with its arguments. Anything not
-provably on the allow-list of :mod:`monai_ext.sharing.allowlist`, overrides included, is refused before it runs,
-and ``logging.conf`` is checked before MONAI applies it. Writers may only write inside the bundle or inside a folder
-given on the command line.
+the shared imports known), and every ``_target_`` as the object MONAI resolved, with its arguments, against the
+allow-list of :mod:`monai_ext.sharing.allowlist`; ``logging.conf`` is checked before MONAI applies it. In the
+confined run these checks are advisory: the log names each item the allow-list cannot vouch for, and it runs under
+the kernel's rules. With ``--unconfined`` they are all there is, so anything not provably allowed is refused before
+it runs, and writers may only write inside the bundle or a folder given on the command line.
 """
 
 from __future__ import annotations
@@ -44,9 +46,11 @@ class UnsafeConfigError(RuntimeError):
 
 
 class _Guard:
-    def __init__(self, bundle_root: Path, allowlist: Allowlist, trusted: Sequence[Path]) -> None:
+    def __init__(self, bundle_root: Path, allowlist: Allowlist, trusted: Sequence[Path], advisory: bool) -> None:
         self.roots = [bundle_root.resolve(), *(p.resolve() for p in trusted)]
         self.allowlist = allowlist
+        self.advisory = advisory
+        self.noted: set[str] = set()
 
     def path_allowed(self, path: str) -> bool:
         real = Path(os.path.realpath(path))
@@ -61,8 +65,14 @@ class _Guard:
         )
 
     def refuse(self, item_id: str, what: str, problems: list[str]) -> None:
-        if problems:
-            raise UnsafeConfigError(f"refused {item_id or '<root>'}: {what!r:.200}: " + "; ".join(problems))
+        if not problems:
+            return
+        message = f"{item_id or '<root>'}: {what!r:.200}: " + "; ".join(problems)
+        if not self.advisory:
+            raise UnsafeConfigError(f"refused {message}")
+        if message not in self.noted:  # the kernel enforces; the allow-list only tells what it cannot vouch for
+            self.noted.add(message)
+            print(f"monai_ext run: runs confined, the allow-list cannot vouch for {message}", flush=True)
 
     def check_component(self, item_id: str, config: dict, module_name: Any) -> None:
         target, reason = (
@@ -147,6 +157,7 @@ def run_bundle(
     meta_file: str | None = None,
     logging_file: str | bool | None = None,
     allow: Sequence[str] = (),
+    advisory: bool = False,
     **override: Any,
 ) -> ConfigWorkflow:
     """Run a bundle's workflow like ``monai.bundle.run``, checking every item the moment before MONAI runs it.
@@ -158,6 +169,7 @@ def run_bundle(
         logging_file: default ``configs/logging.conf`` when it exists (checked before it is applied); ``False``
             leaves logging alone.
         allow: qualified names or module prefixes to accept besides the allow-list.
+        advisory: print what the allow-list cannot vouch for and run it anyway; for a run the kernel confines.
         override: ``id=value`` pairs, as ``--id value`` of ``monai.bundle run``.
 
     Returns:
@@ -174,15 +186,14 @@ def run_bundle(
     )
     if logging_file is None and (root / "configs" / "logging.conf").is_file():
         logging_file = str(root / "configs" / "logging.conf")
+    guard = _Guard(root, Allowlist(frozenset(allow)), _user_folders(override), advisory)
     if isinstance(logging_file, str):
         flags = [
             f"{item.key}: {flag}"
             for item in audit_logging_conf(Path(logging_file), logging_file)
             for flag in item.flags
         ]
-        if flags:
-            raise UnsafeConfigError(f"refused {logging_file}: " + "; ".join(flags))
-    guard = _Guard(root, Allowlist(frozenset(allow)), _user_folders(override))
+        guard.refuse(logging_file, "logging.conf", flags)
     workflow = _BundleLastWorkflow(
         config_file=files, meta_file=meta, logging_file=logging_file or False, workflow_type=None, **override
     )
@@ -212,16 +223,13 @@ def _weights_only_torch_load() -> None:
 
 
 def run_from_child(spec: dict[str, Any]) -> int:
-    """The confined child's side of :func:`run`: run the checked workflow and return the exit code."""
+    """The confined child's side of :func:`run`: run the workflow, noting what the allow-list cannot vouch for (the
+    kernel enforces), and return the exit code."""
     _weights_only_torch_load()
-    try:
-        run_bundle(
-            spec["bundle_root"], spec["config_file"], spec["meta_file"], spec["logging_file"], spec["allow"],
-            **spec["overrides"],
-        )  # fmt: skip
-    except UnsafeConfigError as err:
-        print(f"monai_ext run: {err}", flush=True)
-        return 1
+    run_bundle(
+        spec["bundle_root"], spec["config_file"], spec["meta_file"], spec["logging_file"], spec["allow"],
+        advisory=True, **spec["overrides"],
+    )  # fmt: skip
     return 0
 
 
@@ -239,19 +247,21 @@ def run(
     unconfined: bool = False,
     **override: Any,
 ) -> str:
-    """Run a bundle from another lab: confined by the kernel (Landlock), with every config item checked.
+    """Run a bundle from another lab, confined by the kernel (Landlock).
 
-    The workflow (as `python -m monai.bundle run` runs it) starts in a child process that the kernel confines first:
-    it reads only the Python environment, system libraries, the bundle and folders you name; writes only the bundle's
-    models/, eval/, outputs/, dataset/ and logs/, the output_dir/ckpt_dir/log_dir you give, and a private temporary
-    folder (also its working directory and HOME); it cannot start programs or open TCP connections. The log says what
-    is in force. Inside, every expression and _target_ is also checked against monai_ext's allow-list before MONAI
-    evaluates it. Where the kernel cannot confine (not Linux, Linux before 5.13, Landlock disabled), run refuses
-    and says why, unless --unconfined is given.
+    The workflow (as `python -m monai.bundle run` runs it, from the bundle folder) starts in a child process that the
+    kernel confines first: it reads only the Python environment, system libraries, the bundle and folders you name;
+    writes only the bundle's output folders (models/, eval/, outputs/, dataset/, logs/ and those its configs write
+    to, never configs/, docs/ or scripts/), the output_dir/ckpt_dir/log_dir you give, and a private temporary folder
+    (its HOME); it cannot start programs or open TCP connections. The log says what is in force, and names every
+    config item that monai_ext's allow-list cannot vouch for (see `monai_ext audit`). Where the kernel cannot confine
+    (not Linux, Linux before 5.13, Landlock disabled), run refuses and says why, unless --unconfined is given; then
+    the allow-list refuses anything it cannot vouch for.
 
-    Example:
+    Examples:
 
         python -m monai_ext run received/medt_segmentation_3d --config_file configs/train.json --dataset_dir /data/msd
+        python -m monai_ext run spleen_ct_segmentation --config_file configs/inference.json --dataset_dir /data/Task09
 
     Args:
         bundle_dir: the bundle root, holding configs/.
@@ -259,7 +269,8 @@ def run(
         meta_file: default configs/metadata.json.
         logging_file: default configs/logging.conf, checked before it is applied.
         allow: qualified names or module prefixes to accept besides the allow-list (comma-separated or a list).
-        unconfined: run in this process without the kernel's confinement (the allow-list checks only).
+        unconfined: run in this process without the kernel's confinement; the allow-list then refuses what it cannot
+            vouch for.
         override: --id value pairs, as for `python -m monai.bundle run`.
     """
     from monai_ext.sharing.confined import ConfinementError, run_confined
@@ -288,4 +299,4 @@ def run(
     if code != 0:
         print(f"monai_ext run: {bundle_dir} failed (exit {code}) in the confined run")
         raise SystemExit(code)
-    return f"monai_ext run: {bundle_dir} finished, confined by the kernel; every item was checked before it ran"
+    return f"monai_ext run: {bundle_dir} finished, confined by the kernel"
