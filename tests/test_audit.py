@@ -369,8 +369,8 @@ def test_the_bundles_own_modules_that_imports_could_reach_are_reported(tmp_path)
     assert all(item.group == "code" and item.needs_review and item.contained for item in modules)
     flagged = {item.key: item.flags[0] for item in modules if item.flags}
     assert sorted(flagged) == ["itk", "numpy"], "scripts/ is the Zoo's place for code: listed, not flagged"
-    assert [(i.source, i.detail) for i in modules if not i.flags] == [
-        ("scripts/__init__.py", "0 lines of Python the configs can import")
+    assert [(i.source, i.key, i.text) for i in modules if not i.flags] == [
+        ("scripts/__init__.py", "scripts", "0 lines of Python the configs can import")
     ]
     assert "no installed module of that name, so MONAI's lazy import of it would load this file" in flagged["itk"]
     assert "an installed module of that name is at" in flagged["numpy"] and flagged["numpy"].endswith("needs review")

@@ -170,7 +170,8 @@ def test_cli_round_trip_audits_and_prints_what_to_install(bundle, tmp_path, caps
                               capture_output=True, text=True)  # fmt: skip
     assert unpacked.returncode == 0, unpacked.stdout + unpacked.stderr
     assert f"{len(SHIPPED)} files verified" in unpacked.stdout
-    assert "ok configs/train.json: x: [expression] $len('configs/train.json')" in unpacked.stdout
+    assert "  scripts/prepare.py: scripts.prepare: 1 line of Python the configs can import" in unpacked.stdout
+    assert re.search(r"\n7 items: 6 resolve to allowed objects, 1 listed above; 1 need review", unpacked.stdout)
     assert f"torch=={metadata.version('torch')}" in unpacked.stdout
     assert f"monai=={metadata.version('monai')}" in unpacked.stdout
     assert "tqdm==4.66.0" in unpacked.stdout
@@ -311,7 +312,22 @@ def test_findings_are_installed_only_when_accepted_by_name(bundle, tmp_path, cap
         entries[PACKAGE_MANIFEST] = json.dumps(manifest, indent=1).encode()
 
     _rewrite(tmp_path / "flagged.zip", add_itk)
-    names = ["configs/train.json:payload", "itk.py:itk"]
+    # the payload runs confined under `monai_ext run`: reported, not refused; itk.py and the UDP-capable logging
+    # handler need a reviewer's word
+    conf = (bundle / "configs" / "logging.conf").read_text() if (bundle / "configs" / "logging.conf").exists() else ""
+    names = ["configs/logging.conf:[handler_udp] class", "itk.py:itk"]
+
+    def add_udp_handler(entries):
+        manifest = json.loads(entries[PACKAGE_MANIFEST])
+        text = entries["configs/logging.conf"].decode().replace("keys=consoleHandler", "keys=consoleHandler,udp")
+        entries["configs/logging.conf"] = (
+            text + "\n[handler_udp]\nclass=handlers.DatagramHandler\nargs=('h', 9)\n"
+        ).encode()
+        manifest["files"]["configs/logging.conf"] = hashlib.sha256(entries["configs/logging.conf"]).hexdigest()
+        entries[PACKAGE_MANIFEST] = json.dumps(manifest, indent=1).encode()
+
+    _rewrite(tmp_path / "flagged.zip", add_udp_handler)
+    assert conf, "the bundle ships a logging.conf"
 
     for accepted in ((), names[:1]):
         with pytest.raises(SystemExit):
@@ -323,3 +339,4 @@ def test_findings_are_installed_only_when_accepted_by_name(bundle, tmp_path, cap
 
     report = unpack(str(tmp_path / "flagged.zip"), str(tmp_path / "dest"), accept=",".join(names))
     assert f"findings you accepted: {', '.join(sorted(names))}" in report and (tmp_path / "dest" / "itk.py").is_file()
+    assert "  configs/train.json: payload: $__import__('os').system('true')" in report

@@ -602,8 +602,10 @@ def bundle_modules(root: Path) -> list[AuditItem]:
     items = []
     for path in sorted((root / "scripts").rglob("*.py")) if (root / "scripts").is_dir() else []:
         lines = len(path.read_bytes().splitlines())
-        items.append(AuditItem(_source(path, root), "scripts", "module", path.name, group="code",
-                               detail=f"{lines} lines of Python the configs can import"))  # fmt: skip
+        module = ".".join(path.relative_to(root).with_suffix("").parts)
+        items.append(AuditItem(_source(path, root), module.removesuffix(".__init__"), "module",
+                               f"{lines} line{'' if lines == 1 else 's'} of Python the configs can import",
+                               group="code"))  # fmt: skip
     for path in sorted(root.iterdir()):
         name = path.stem if path.suffix == ".py" else path.name
         is_module = path.is_file() and path.suffix == ".py"

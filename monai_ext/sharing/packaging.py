@@ -27,7 +27,7 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 
 from monai_ext.sharing import signing
-from monai_ext.sharing.audit import audit_bundle, format_report
+from monai_ext.sharing.audit import AuditItem, audit_bundle, format_report
 from monai_ext.sharing.checkpoint import (
     SHA256_MANIFEST,
     CheckpointIntegrityError,
@@ -388,6 +388,12 @@ def pack(bundle_dir: str, out_zip: str, sign: str | None = None) -> str:
     return f"pack: wrote {out_zip} with {len(manifest['files'])} files{signed}:\n{listing}"
 
 
+def _needs_acceptance(item: AuditItem) -> bool:
+    """What the sandbox of ``monai_ext run`` does not contain, and modules of the bundle that shadow an import name
+    (run confined too, but in place of a library a reviewer thinks is running)."""
+    return not item.contained or (item.group == "code" and bool(item.flags))
+
+
 def unpack(
     zip_path: str,
     dest: str,
@@ -406,7 +412,8 @@ def unpack(
         zip_path: an archive written by `monai_ext pack`.
         dest: a new directory to unpack into.
         accept: the findings of the audit you reviewed and accept, each named as the refusal lists it
-            (``SOURCE:KEY``, comma-separated or a list). A bundle with any other finding is not installed.
+            (``SOURCE:KEY``, comma-separated or a list). A bundle with a finding that the sandbox of `monai_ext run`
+            does not contain, or with a module that shadows an import name, is not installed otherwise.
         trust: the sending lab's Ed25519 public key (PEM); refuse the archive unless that key signed it.
         max_total_bytes: refuse archives that unpack to more bytes in all (default 8 GiB).
         max_file_bytes: refuse any file that unpacks to more bytes (default 4 GiB).
@@ -431,12 +438,12 @@ def unpack(
         found["install"] = install_instructions(
             found["manifest"], bundle_metadata if isinstance(bundle_metadata, dict) else None
         )
-        unaccepted = [f"{item.source}:{item.key}" for item in found["items"] if item.flags]
-        unaccepted = [name for name in unaccepted if name not in accepted]
+        review = [item for item in found["items"] if _needs_acceptance(item)]
+        unaccepted = [name for name in (f"{item.source}:{item.key}" for item in review) if name not in accepted]
         if unaccepted:
             raise PackageError(
                 "the audit has findings that need review, and nothing was installed:\n"
-                + format_report([item for item in found["items"] if item.flags])
+                + format_report(review)
                 + "\nreview them, then accept each by name: --accept "
                 + ",".join(unaccepted)
             )
