@@ -7,6 +7,7 @@ the kernel has no Landlock.
 
 import json
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -27,12 +28,13 @@ except landlock.LandlockUnavailableError as err:
 pytestmark = pytest.mark.slow
 
 
-def _bundle(root, run, files=None, logging_conf=None):
+def _bundle(root, run, files=None, logging_conf=None, config=None):
     (root / "configs").mkdir(parents=True)
-    config = {"imports": ["$import os", "$import torch", "$import monai", "$import monai_ext"],
-              "bundle_root": "$monai_ext.bundle.paths.bundle_root()", "run": run}  # fmt: skip
+    imports = ["$import os", "$import torch", "$import monai", "$import monai_ext", "$import ignite"]
+    config = {"imports": imports, "bundle_root": "$monai_ext.bundle.paths.bundle_root()", **(config or {}), "run": run}
     (root / "configs" / "train.json").write_text(json.dumps(config))
     for relative, content in (files or {}).items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
         (root / relative).write_text(content)
     if logging_conf:
         (root / "configs" / "logging.conf").write_text(logging_conf)
@@ -93,8 +95,29 @@ print(json.dumps(found))
     _outside_is_untouched(outside, ["kept.txt"])
 
 
+class _RunsCommand:
+    """Unpickles into os.system(command)."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+# a minimal engine that handler payloads attach to, and one case for the savers
+_ENGINE = {
+    "engine": {"_target_": "ignite.engine.Engine", "process_function": "$lambda engine, batch: batch"},
+    "net": {"_target_": "torch.nn.Linear", "in_features": 1, "out_features": 1},
+    "case": "$[{'image': torch.zeros(1, 8, 8, 8), 'label': torch.zeros(1, 8, 8, 8), 'pred': torch.zeros(1, 8, 8, 8)}]",
+}
+_ATTACH_AND_RUN = ["$@handler.attach(@engine)", "$@engine.run([@case], max_epochs=1)"]
+_IMAGE = "$monai.data.MetaTensor(torch.zeros(1, 4, 4, 4), meta={'filename_or_obj': 'case.nii.gz'})"
+
+
 def _payloads(outside):
     touch = f"touch {outside / 'RAN'}"
+    pickled = pickle.dumps(_RunsCommand(touch)).hex()
     return {
         "reader resolved by MONAI to os.system": {
             "run": [{"_target_": "LoadImaged", "keys": "image", "reader": "os.system", "command": touch}]
@@ -119,13 +142,135 @@ def _payloads(outside):
             "run": ["$monai.data.NumpyReader(allow_pickle=True).read(@bundle_root + '/payload.npy')"],
             "npy_payload": touch,
         },
+        "reader named after the bundle's own module": {
+            "run": [{"_target_": "LoadImaged", "keys": "image", "reader": "scripts.x.Reader"}],
+            "files": {
+                "scripts/__init__.py": "",
+                "scripts/x.py": f"import os\nos.system({touch!r})\nclass Reader:\n  pass\n",
+            },
+        },
+        "checkpoint saver's final file name": {
+            "config": {
+                **_ENGINE,
+                "handler": {
+                    "_target_": "monai_ext.sharing.checkpoint.AtomicCheckpointSaver",
+                    "save_dir": "$@bundle_root + '/models'",
+                    "save_dict": {"net": "@net"},
+                    "save_final": True,
+                    "final_filename": str(outside / "final.pt"),
+                },
+            },
+            "run": _ATTACH_AND_RUN,
+        },  # fmt: skip
+        "resumable checkpointer's file prefix": {
+            "config": {
+                **_ENGINE,
+                "handler": {
+                    "_target_": "monai_ext.bundle.resume.ResumableCheckpointer",
+                    "save_dir": "$@bundle_root + '/models'",
+                    "save_dict": {"net": "@net"},
+                    "file_prefix": "../../outside/resume",
+                },
+            },
+            "run": _ATTACH_AND_RUN,
+        },  # fmt: skip
+        "image saver's folder layout": {
+            "config": {
+                "saver": {
+                    "_target_": "SaveImaged",
+                    "keys": "image",
+                    "folder_layout": {
+                        "_target_": "monai.data.FolderLayout",
+                        "output_dir": str(outside),
+                        "extension": ".nii.gz",
+                    },
+                }
+            },
+            "run": [f"$@saver({{'image': {_IMAGE[1:]}}})"],
+        },  # fmt: skip
+        "image saver without an output folder": {
+            "config": {"saver": {"_target_": "SaveImaged", "keys": "image", "separate_folder": False}},
+            "run": [f"$@saver({{'image': {_IMAGE[1:]}}})"],
+        },
+        "preview saver's name pattern": {
+            "config": {
+                **_ENGINE,
+                "handler": {
+                    "_target_": "monai_ext.bundle.previews.SlicePreviewSaver",
+                    "output_dir": "$@bundle_root + '/eval'",
+                    "name_pattern": str(outside / "{case}.png"),
+                },
+            },
+            "run": _ATTACH_AND_RUN,
+        },  # fmt: skip
+        "log file handler": {
+            "config": {**_ENGINE, "handler": {"_target_": "LogfileHandler", "output_dir": str(outside)}},
+            "run": _ATTACH_AND_RUN,
+        },
+        "torch's pickle decoder": {
+            "run": [f"$torch.utils.data.datapipes.utils.decoder.basichandlers('pickle', bytes.fromhex('{pickled}'))"]
+        },
+        "callable carried by map": {"run": [f"$list(map(os.system, [{touch!r}]))"]},
+        "callable carried by a Dataset transform": {
+            "config": {"dataset": {"_target_": "Dataset", "data": [touch], "transform": "$os.system"}},
+            "run": ["$@dataset[0]"],
+        },
+        "callable carried by worker_init_fn": {
+            "run": [f"$list(monai.data.DataLoader([0], num_workers=1, worker_init_fn=lambda i: os.system({touch!r})))"]
+        },
+        "callable carried by add_event_handler": {
+            "config": _ENGINE,
+            "run": [
+                f"$@engine.add_event_handler(ignite.engine.Events.STARTED, lambda e: os.system({touch!r}))",
+                "$@engine.run([0], max_epochs=1)",
+            ],
+        },  # fmt: skip
     }
+
+
+# payload -> what it leaves outside when nothing confines it (the bundle's folder is the working directory)
+UNCONFINED_EFFECT = {
+    "reader resolved by MONAI to os.system": "RAN",
+    "type lost in a list": "RAN",
+    "type lost in a boolean": "RAN",
+    "writer with an absolute path": "m.csv",
+    "callable handed to an allowed caller": "RAN",
+    "unpickling reader under an allowed prefix": "RAN",
+    "reader named after the bundle's own module": "RAN",
+    "checkpoint saver's final file name": "final.pt",
+    "resumable checkpointer's file prefix": "resume_net_epoch=1.pt",
+    "image saver's folder layout": "case.nii.gz",
+    "preview saver's name pattern": "case.png",
+    "log file handler": "log.txt",
+    "torch's pickle decoder": "RAN",
+    "callable carried by map": "RAN",
+    "callable carried by a Dataset transform": "RAN",
+    "callable carried by worker_init_fn": "RAN",
+    "callable carried by add_event_handler": "RAN",
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNCONFINED_EFFECT))
+def test_each_payload_works_when_nothing_confines_it(name, tmp_path, outside, monkeypatch):
+    # the control for the test below: the same bundle, run in this process with the allow-list only reporting
+    from monai_ext.sharing.safe_run import run_bundle
+
+    payload = _payloads(outside)[name]
+    bundle = _bundle(tmp_path / "bundle", payload["run"], payload.get("files"), None, payload.get("config"))
+    if "npy_payload" in payload:
+        np.save(bundle / "payload.npy", np.array([_RunsCommand(payload["npy_payload"])], dtype=object))
+    monkeypatch.chdir(bundle)
+    monkeypatch.syspath_prepend(str(bundle))
+    run_bundle(bundle, logging_file=False, advisory=True)
+    assert UNCONFINED_EFFECT[name] in [p.name for p in outside.iterdir()]
 
 
 @pytest.mark.parametrize("name", list(_payloads(Path("OUT"))))
 def test_a_payload_leaves_nothing_outside_and_starts_no_program(name, tmp_path, outside, monkeypatch, capfd):
     payload = _payloads(outside)[name]
-    bundle = _bundle(tmp_path / "bundle", payload["run"], payload.get("files"), payload.get("logging_conf"))
+    bundle = _bundle(
+        tmp_path / "bundle", payload["run"], payload.get("files"), payload.get("logging_conf"), payload.get("config")
+    )
     if "npy_payload" in payload:
         np.save(bundle / "payload.npy", np.array([_RunsCommand(payload["npy_payload"])], dtype=object))
     invoking = tmp_path / "cwd"
@@ -177,16 +322,6 @@ def test_unconfined_runs_only_when_asked_and_says_so(tmp_path):
     assert "confined by the kernel." not in done.stderr
 
 
-class _RunsCommand:
-    """Unpickles into os.system(command)."""
-
-    def __init__(self, command):
-        self.command = command
-
-    def __reduce__(self):
-        return os.system, (self.command,)
-
-
 class _OpensAFile:
     """Unpickles into open(path, 'w'): a write the sandbox allows, so only a weights-only load stops it."""
 
@@ -220,3 +355,40 @@ def test_the_working_directory_on_sys_path_is_not_made_readable(tmp_path, monkey
     bundle = _bundle(tmp_path / "bundle", ["$None"])
     readable, writable = confined.sandbox_paths(bundle, {}, tmp_path / "private")
     assert str(home) not in readable + writable and str(bundle) in readable
+
+
+def test_a_signed_archive_with_a_module_named_itk_is_held_back_then_runs_confined(tmp_path, outside, capfd):
+    import hashlib
+    import zipfile
+
+    from monai_ext.sharing import signing
+    from monai_ext.sharing.packaging import PACKAGE_MANIFEST, pack_bundle, unpack
+
+    signing.keygen(str(tmp_path / "lab.key"), str(tmp_path / "lab.pub"))
+    # MONAI imports optional packages by name; with no itk installed, the name reaches the bundle's file
+    bundle = _bundle(tmp_path / "bundle", ["$monai.utils.optional_import('itk')"])
+    pack_bundle(bundle, tmp_path / "plain.zip")
+    with zipfile.ZipFile(tmp_path / "plain.zip") as archive:
+        entries = {info.filename: archive.read(info) for info in archive.infolist()}
+    # the sending lab signs an archive that holds itk.py: the signature says who sent it, not that it is harmless
+    ran = "open(os.path.join(os.path.dirname(__file__), 'models', 'itk_ran.txt'), 'w')"
+    entries["itk.py"] = (
+        f"import os\n{ran}\nos.system('touch {outside / 'RAN'}')\nopen('{outside / 'x'}', 'w')\n".encode()
+    )
+    manifest = json.loads(entries[PACKAGE_MANIFEST])
+    manifest["files"]["itk.py"] = hashlib.sha256(entries["itk.py"]).hexdigest()
+    entries[PACKAGE_MANIFEST] = json.dumps(manifest, indent=1).encode()
+    entries[signing.SIGNATURE_FILE] = signing.sign(entries[PACKAGE_MANIFEST], tmp_path / "lab.key")
+    with zipfile.ZipFile(tmp_path / "signed.zip", "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+
+    with pytest.raises(SystemExit):
+        unpack(str(tmp_path / "signed.zip"), str(tmp_path / "held"), trust=str(tmp_path / "lab.pub"))
+    assert "--accept itk.py:itk" in capfd.readouterr().out and not (tmp_path / "held").exists()
+    report = unpack(str(tmp_path / "signed.zip"), str(tmp_path / "received"), trust=str(tmp_path / "lab.pub"),
+                    accept="itk.py:itk")  # fmt: skip
+    assert "signature: valid, signed by the trusted key" in report
+    confined.run_confined(tmp_path / "received", None, None, None, (), {})
+    assert (tmp_path / "received" / "models" / "itk_ran.txt").exists(), "MONAI's import of itk ran the bundle's file"
+    _outside_is_untouched(outside, ["kept.txt"])
