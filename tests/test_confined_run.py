@@ -128,7 +128,7 @@ def _payloads(outside):
             "run": [f"$monai.data.CSVSaver(output_dir=@bundle_root, filename={str(outside / 'm.csv')!r}).finalize()"]
         },
         "module shadowed by the bundle": {
-            "run": [{"_target_": "LoadImaged", "keys": "image", "reader": "ITKReader"}],  # MONAI imports itk
+            "run": ["$monai.utils.optional_import('itk')"],  # as MONAI imports optional packages
             "files": {"itk.py": f"import os\nos.system({touch!r})\nopen({str(outside / 'itk.txt')!r}, 'w')\n"},
         },
         "logging.conf with a relative file": {
