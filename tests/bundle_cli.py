@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -14,12 +15,23 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from monai_ext.sharing.audit import DEFINITION_FOLDERS
+from monai_ext.sharing.packaging import INCLUDED_ROOT_FILES
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def copy_bundle(name: str, dest: Path) -> Path:
-    """Copy the folder ``bundles/NAME`` alone to ``dest/NAME``, as a lab receives it; return the copy."""
-    return Path(shutil.copytree(REPO_ROOT / "bundles" / name, dest / name))
+def copy_bundle(name: str, dest: Path, bundles_dir: Path = REPO_ROOT / "bundles") -> Path:
+    """Copy the definition of ``bundles_dir/NAME`` (configs, docs, scripts, license, readme) to ``dest/NAME``, as a
+    lab receives it; return the copy. Whatever runs left beside it (``dataset/``, ``models/``, ``eval/``) stays."""
+    source, copy = bundles_dir / name, dest / name
+    copy.mkdir(parents=True)
+    for entry in source.iterdir():
+        if entry.is_dir() and entry.name in DEFINITION_FOLDERS:
+            shutil.copytree(entry, copy / entry.name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif entry.is_file() and any(fnmatch.fnmatch(entry.name, pattern) for pattern in INCLUDED_ROOT_FILES):
+            shutil.copy2(entry, copy / entry.name)
+    return copy
 
 
 def config_files(bundle: Path, names: Sequence[str], cwd=None) -> str:

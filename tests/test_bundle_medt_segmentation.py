@@ -56,6 +56,17 @@ def test_train_from_another_cwd_fills_default_data_and_writes_model_previews_and
     assert state["head.conv.bias"].shape[0] == 4  # four labels in the synthetic dataset.json
 
 
+def test_a_copy_takes_the_bundle_definition_and_leaves_what_runs_wrote(trained, tmp_path):
+    # the README's first command trains in bundles/medt_segmentation_3d itself; the tests copy that folder
+    bundle, _ = trained
+    assert {"dataset", "models", "eval"} <= {p.name for p in bundle.iterdir()}
+    copy = copy_bundle(NAME, tmp_path, bundles_dir=bundle.parent)
+    assert sorted(p.name for p in copy.iterdir()) == ["LICENSE", "configs", "docs"]
+    assert sorted(p.name for p in (copy / "configs").iterdir()) == sorted(
+        p.name for p in (bundle / "configs").iterdir()
+    )
+
+
 def test_evaluate_writes_per_case_dice_and_prints_the_mean(trained):
     bundle, _ = trained
     done = run_cli(

@@ -91,3 +91,39 @@ def test_loading_into_a_network_built_with_other_values_names_the_record_and_wha
     assert f"{model_file} was trained with num_classes=3, in_channels=2, roi_size=[64, 64, 16]" in message
     assert "size mismatch for weight" in message
     assert "The model's recorded values win: remove the overrides that change them." in message
+
+
+def test_a_trained_model_is_never_replaced_without_being_asked(tmp_path, caplog):
+    models = tmp_path / "models"
+    models.mkdir()
+    saver = AtomicDiskSaver(models, filename="model.pt")
+    saver({"model": torch.nn.Conv3d(2, 3, 1).state_dict()}, "x.pt", {"score_name": "val_mean_dice", "priority": 0.9663})
+    record = read_manifest(models)["model.pt"]
+    assert record["score"] == {"name": "val_mean_dice", "value": 0.9663} and record["saved"].endswith("+00:00")
+    model_record.keep_trained_model(tmp_path / "elsewhere" / "model.pt")  # nothing to replace
+
+    with pytest.raises(model_record.ModelExistsError) as refused:
+        model_record.keep_trained_model(models / "model.pt")
+    message = str(refused.value)
+    saved = record["saved"].replace("T", " ").replace("+00:00", " UTC")
+    assert message.startswith(
+        f"{models / 'model.pt'} already holds a trained model (val mean dice 0.9663, saved {saved})"
+    )
+    assert "--overwrite True" in message and "--ckpt_dir OTHER_FOLDER" in message and "--resume True" in message
+    model_record.keep_trained_model(models / "model.pt", resume=True)
+    with caplog.at_level(logging.WARNING):
+        model_record.keep_trained_model(models / "model.pt", overwrite=True)
+    assert "will be replaced by this run's best model, as --overwrite asks" in caplog.text
+    # a model without a record (copied in by hand) is described by its file time
+    torch.save({}, tmp_path / "model.pt")
+    with pytest.raises(model_record.ModelExistsError, match=r"\(saved \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\)"):
+        model_record.keep_trained_model(tmp_path / "model.pt")
+
+
+def test_evaluation_without_a_model_stops_with_one_line(tmp_path):
+    with pytest.raises(SystemExit) as stopped:
+        model_record.require_model(tmp_path / "models" / "model.pt", tmp_path / "configs" / "train.json")
+    assert str(stopped.value) == (
+        f"No trained model at {tmp_path / 'models' / 'model.pt'}. Train one first: python -m monai.bundle run "
+        f"--config_file {tmp_path / 'configs' / 'train.json'} (or pass --model_file PATH)."
+    )

@@ -10,8 +10,21 @@ from importlib import metadata
 import pytest
 import torch
 
-from monai_ext.sharing.checkpoint import CheckpointIntegrityError, atomic_torch_save, record_sha256
-from monai_ext.sharing.packaging import PACKAGE_MANIFEST, PackageError, pack_bundle, unpack, unpack_bundle
+from monai_ext.sharing.checkpoint import (
+    CheckpointIntegrityError,
+    atomic_torch_save,
+    manifest_bytes,
+    read_manifest,
+    record_sha256,
+)
+from monai_ext.sharing.packaging import (
+    PACKAGE_MANIFEST,
+    PackageError,
+    install_instructions,
+    pack_bundle,
+    unpack,
+    unpack_bundle,
+)
 from monai_ext.sharing.signing import SIGNATURE_FILE
 
 SHIPPED = [
@@ -54,6 +67,7 @@ def bundle(tmp_path):
     (root / "configs" / "logging.conf").write_text("[handler_h]\nclass=StreamHandler\nargs=(sys.stdout,)\n")
     atomic_torch_save({"w": torch.arange(3.0)}, root / "models" / "model.pt")
     record_sha256(root / "models" / "model.pt")
+    record_sha256(root / "models" / "checkpoint_epoch=3.pt")  # recorded, as a run does, and left out of archives
     return root
 
 
@@ -79,7 +93,14 @@ def test_pack_ships_only_bundle_files_with_hashes_and_versions(bundle, tmp_path)
         stored = json.loads(archive.read(PACKAGE_MANIFEST))
     assert names == [PACKAGE_MANIFEST, *SHIPPED]
     assert stored == manifest
-    assert manifest["files"] == {name: hashlib.sha256((bundle / name).read_bytes()).hexdigest() for name in SHIPPED}
+    with zipfile.ZipFile(tmp_path / "out.zip") as archive:
+        shipped_records = json.loads(archive.read("models/sha256_manifest.json"))["files"]
+    assert list(shipped_records) == ["model.pt"], "the archive's SHA-256 manifest lists exactly what it holds"
+    assert shipped_records["model.pt"] == read_manifest(bundle / "models")["model.pt"]
+    assert "checkpoint_epoch=3.pt" in read_manifest(bundle / "models"), "the bundle's own manifest is left as it is"
+    written = {name: hashlib.sha256((bundle / name).read_bytes()).hexdigest() for name in SHIPPED}
+    written["models/sha256_manifest.json"] = hashlib.sha256(manifest_bytes(shipped_records)).hexdigest()
+    assert manifest["files"] == written
     assert manifest["versions"]["torch"] == metadata.version("torch")
     assert manifest["versions"]["monai"] == metadata.version("monai")
     assert manifest["bundle"] == "my_bundle"
@@ -94,7 +115,9 @@ def test_round_trip_gives_identical_files(bundle, tmp_path):
     received = sorted(p.relative_to(tmp_path / "received").as_posix() for p in (tmp_path / "received").rglob("*"))
     assert [name for name in received if (tmp_path / "received" / name).is_file()] == SHIPPED
     for name in SHIPPED:
-        assert (tmp_path / "received" / name).read_bytes() == (bundle / name).read_bytes()
+        if name != "models/sha256_manifest.json":
+            assert (tmp_path / "received" / name).read_bytes() == (bundle / name).read_bytes()
+    assert read_manifest(tmp_path / "received" / "models") == {"model.pt": read_manifest(bundle / "models")["model.pt"]}
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".unpack-")] == []
 
 
@@ -228,6 +251,18 @@ def test_unpack_prints_only_plain_pep508_pins_and_refuses_the_rest(where, name, 
     out = capsys.readouterr().out
     assert "not a PEP 508 requirement" in out or "not a plain name==version pin" in out
     assert "pip install" not in out and not (tmp_path / "dest").exists()
+
+
+def test_the_printed_pip_line_installs_public_versions_and_says_where_monai_ext_comes_from():
+    manifest = {"versions": {"python": "3.11.7", "monai-ext": "0.1.0", "monai": "1.6.1", "torch": "2.13.0+cpu"}}
+    printed = install_instructions(manifest, {"required_packages_version": {"monai-ext": "0.1.0", "tqdm": "4.70.1"}})
+    assert printed.splitlines() == [
+        "made with Python 3.11.7; install the same versions with:",
+        "  pip install monai==1.6.1 torch==2.13.0 tqdm==4.70.1",
+        "  (made with torch==2.13.0+cpu: install the CPU or CUDA build of it that suits your machine)",
+        "  monai-ext 0.1.0 is not on PyPI: install that version from the monai_ext repository the sending lab uses "
+        "(pip install PATH_OR_GIT_URL_OF_MONAI_EXT)",
+    ]
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from whatever dataset the command sees only fill in what the record lacks (a bun
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -20,8 +21,12 @@ from monai_ext.sharing.checkpoint import SHA256_MANIFEST, atomic_write, read_man
 __all__ = [
     "CONFIGURATION_FIELDS",
     "MetadataUpdater",
+    "ModelExistsError",
     "describe_in_metadata",
+    "describe_model",
+    "keep_trained_model",
     "recorded_configuration",
+    "require_model",
     "settled_configuration",
 ]
 
@@ -41,6 +46,68 @@ CONFIGURATION_FIELDS = (
 def _plain(value: Any) -> Any:
     """JSON-comparable form of a config value (tuples and numpy scalars become lists and numbers)."""
     return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+
+
+class ModelExistsError(FileExistsError):
+    """Training would replace a trained model that this run did not start from; the message names it and the ways
+    out."""
+
+
+def describe_model(model_file: str | os.PathLike) -> str:
+    """What the record says of a saved model: its score and when it was saved (the file's time without a record)."""
+    path = Path(model_file)
+    record = read_manifest(path.parent).get(path.name, {})
+    parts = []
+    if "score" in record:
+        parts.append(f"{record['score']['name'].replace('_', ' ')} {record['score']['value']:.4f}")
+    saved = record.get("saved") or datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.UTC).isoformat(
+        timespec="seconds"
+    )
+    parts.append(f"saved {saved.replace('T', ' ').replace('+00:00', ' UTC')}")
+    return ", ".join(parts)
+
+
+def keep_trained_model(model_file: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> None:
+    """Refuse to start training when ``model_file`` already holds a model this run would replace.
+
+    A received bundle's model, or the model of an earlier run, is never replaced silently: the run stops before its
+    first epoch, naming the model's score and date. ``overwrite`` replaces it (the log says what is replaced);
+    ``resume`` continues the run that wrote it.
+
+    Args:
+        model_file: the best-model file the training saves (``models/model.pt``).
+        overwrite: replace it (``--overwrite True``).
+        resume: this run resumes the training that wrote it (``--resume True``).
+
+    Raises:
+        ModelExistsError: the file exists and neither ``overwrite`` nor ``resume`` is set.
+    """
+    path = Path(model_file)
+    if not path.is_file() or resume:
+        return
+    described = describe_model(path)
+    if overwrite:
+        logger.warning(f"{path} ({described}) will be replaced by this run's best model, as --overwrite asks")
+        return
+    raise ModelExistsError(
+        f"{path} already holds a trained model ({described}), and this training would replace it. Pass "
+        "--overwrite True to replace it, --ckpt_dir OTHER_FOLDER to keep it and save this run's models there, or "
+        "--resume True to continue the run that wrote it."
+    )
+
+
+def require_model(model_file: str | os.PathLike, train_config: str | os.PathLike) -> None:
+    """Stop an evaluation or inference that has no model to load with one line naming the file and the command that
+    trains it (instead of a traceback from the checkpoint loader).
+
+    Raises:
+        SystemExit: ``model_file`` does not exist.
+    """
+    if not Path(model_file).is_file():
+        raise SystemExit(
+            f"No trained model at {model_file}. Train one first: python -m monai.bundle run --config_file "
+            f"{train_config} (or pass --model_file PATH)."
+        )
 
 
 def recorded_configuration(model_file: str | os.PathLike) -> dict[str, Any]:

@@ -15,6 +15,7 @@ What MONAI and Ignite leave open, and what this module adds:
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import json
 import logging
@@ -45,6 +46,7 @@ __all__ = [
     "atomic_write",
     "file_sha256",
     "load_checkpoint",
+    "manifest_bytes",
     "read_manifest",
     "record_sha256",
     "save_checkpoint",
@@ -139,8 +141,13 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, dict]:
     return dict(files)
 
 
+def manifest_bytes(files: Mapping[str, dict]) -> bytes:
+    """The ``sha256_manifest.json`` that holds ``{file name: record}``."""
+    return json.dumps({"files": dict(sorted(files.items()))}, indent=1).encode()
+
+
 def _write_manifest(directory: Path, files: Mapping[str, dict]) -> None:
-    text = json.dumps({"files": dict(sorted(files.items()))}, indent=1).encode()
+    text = manifest_bytes(files)
     atomic_write(directory / SHA256_MANIFEST, lambda f: f.write(text))
 
 
@@ -332,12 +339,15 @@ class AtomicDiskSaver(DiskSaver):
         keys = _checkpoint_keys(checkpoint)
         if keys is not None:
             record["keys"] = keys
+        score = ""
+        if metadata and metadata.get("score_name") is not None and metadata.get("priority") is not None:
+            record["score"] = {"name": str(metadata["score_name"]), "value": float(metadata["priority"])}
+            score = f" ({metadata['score_name'].replace('_', ' ')} {float(metadata['priority']):.4f})"
+        if self.filename:  # the best or final model: when, so that a later run can say what it would replace
+            record["saved"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         _update_manifest(self.dirname, {filename: record}, removed=stale)
         for name in stale:
             (self.dirname / name).unlink(missing_ok=True)
-        score = ""
-        if metadata and metadata.get("score_name") is not None and metadata.get("priority") is not None:
-            score = f" ({metadata['score_name'].replace('_', ' ')} {float(metadata['priority']):.4f})"
         # the fixed name is the file a user looks for (the best or final model); rolling checkpoints stay quiet
         level = logging.INFO if self.filename else logging.DEBUG
         logger.log(level, f"saved {(self.dirname / filename).resolve()}{score}, SHA-256 recorded")

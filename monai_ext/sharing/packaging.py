@@ -27,11 +27,12 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 
 from monai_ext.sharing import signing
-from monai_ext.sharing.audit import AuditItem, audit_bundle, format_report
+from monai_ext.sharing.audit import DEFINITION_FOLDERS, AuditItem, audit_bundle, format_report
 from monai_ext.sharing.checkpoint import (
     SHA256_MANIFEST,
     CheckpointIntegrityError,
     atomic_write,
+    manifest_bytes,
     read_manifest,
     verify_sha256,
 )
@@ -50,7 +51,7 @@ __all__ = [
 
 PACKAGE_MANIFEST = "MONAI_EXT_PACKAGE.json"
 FORMAT = "monai_ext-bundle-package/1"
-INCLUDED_DIRS = ("configs", "docs", "models", "scripts")
+INCLUDED_DIRS = (*DEFINITION_FOLDERS, "models")
 INCLUDED_ROOT_FILES = ("LICENSE*", "README*", "NOTICE*", "CHANGELOG*", "requirements*.txt")
 # Left out even inside the included directories: caches, logs, TensorBoard runs, resume checkpoints, temp files.
 EXCLUDED_NAMES = (
@@ -139,6 +140,11 @@ def pack_bundle(
         if relative.name in read_manifest((root / relative).parent) and relative.parts[0] == "models":
             verify_sha256(root / relative)
     contents = {relative: (root / relative).read_bytes() for relative in files}
+    for relative in files:  # each SHA-256 manifest lists exactly the files that ship beside it
+        if relative.name == SHA256_MANIFEST:
+            shipped = {other.name for other in files if other.parent == relative.parent}
+            records = read_manifest((root / relative).parent)
+            contents[relative] = manifest_bytes({name: record for name, record in records.items() if name in shipped})
     manifest = {
         "format": FORMAT,
         "bundle": root.name,
@@ -146,10 +152,10 @@ def pack_bundle(
         "files": {str(relative): _sha256_bytes(data) for relative, data in contents.items()},
     }
 
-    manifest_bytes = json.dumps(manifest, indent=1).encode()
-    header = [(PACKAGE_MANIFEST, manifest_bytes)]
+    package_manifest = json.dumps(manifest, indent=1).encode()
+    header = [(PACKAGE_MANIFEST, package_manifest)]
     if sign is not None:
-        header.append((SIGNATURE_FILE, signing.sign(manifest_bytes, sign)))
+        header.append((SIGNATURE_FILE, signing.sign(package_manifest, sign)))
 
     def write(f: Any) -> None:
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as archive:
@@ -360,17 +366,29 @@ def install_instructions(manifest: dict[str, Any], bundle_metadata: dict[str, An
     versions = manifest.get("versions", {})
     if not isinstance(versions, dict):
         raise PackageError(f"{PACKAGE_MANIFEST}: 'versions' must be an object of package name to version")
-    pins = [_pin(name, versions[name], f"{PACKAGE_MANIFEST} versions") for name in PACKAGES if name in versions]
+    pins = {name: _pin(name, versions[name], f"{PACKAGE_MANIFEST} versions") for name in PACKAGES if name in versions}
     for field in ("required_packages_version", "optional_packages_version"):
         declared = (bundle_metadata or {}).get(field) or {}
         if not isinstance(declared, dict):
             raise PackageError(f"configs/metadata.json: '{field}' must be an object of package name to version")
         checked = {name: _pin(name, version, f"configs/metadata.json {field}") for name, version in declared.items()}
-        pins += [pin for name, pin in sorted(checked.items()) if name not in versions]
+        pins.update({name: pin for name, pin in sorted(checked.items()) if name not in pins})
     python = versions.get("python", "unknown")
     if not isinstance(python, str) or not all(part.isdigit() for part in python.split(".")):
         raise PackageError(f"{PACKAGE_MANIFEST}: the Python version {python!r} is not a version number")
-    return f"made with Python {python}; install the same versions with:\n  pip install {' '.join(pins)}"
+    lines = [f"made with Python {python}; install the same versions with:"]
+    monai_ext_pin = pins.pop("monai-ext", None)
+    # a local version tag (2.13.0+cpu) names one build that pip finds only on that build's own index
+    public = [pin.split("+", 1)[0] for pin in pins.values()]
+    lines.append(f"  pip install {' '.join(public)}")
+    local = [pin for pin in pins.values() if "+" in pin]
+    if local:
+        lines.append(f"  (made with {', '.join(local)}: install the CPU or CUDA build of it that suits your machine)")
+    if monai_ext_pin:
+        version = monai_ext_pin.split("==", 1)[1]
+        lines.append(f"  monai-ext {version} is not on PyPI: install that version from the monai_ext repository the "
+                     "sending lab uses (pip install PATH_OR_GIT_URL_OF_MONAI_EXT)")  # fmt: skip
+    return "\n".join(lines)
 
 
 def pack(bundle_dir: str, out_zip: str, sign: str | None = None) -> str:
