@@ -1,11 +1,25 @@
 """monai_ext: network components that MONAI lacks or gets wrong, and bundles that use them.
 
-``import monai_ext`` (or ``"imports": ["$import monai_ext"]`` in a bundle config) imports every public component, so a
-bundle can refer to them with fully dotted targets such as ``monai_ext.networks.blocks.SABlock``.
+``import monai_ext`` (or ``"imports": ["$import monai_ext"]`` in a bundle config) makes every public component
+reachable by a fully dotted name such as ``monai_ext.networks.blocks.SABlock``. Each subpackage is imported the first
+time it is named, so that the command line (``python -m monai_ext versions``) starts without torch or MONAI.
 """
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from monai_ext import bundle, legacy, networks, sharing  # noqa: E402
+SUBPACKAGES = ("bundle", "legacy", "networks", "sharing")
 
-__all__ = ["__version__", "bundle", "legacy", "networks", "sharing"]
+__all__ = ["__version__", *SUBPACKAGES]
+
+
+def __getattr__(name: str) -> Any:
+    if name in SUBPACKAGES:
+        return importlib.import_module(f"monai_ext.{name}")
+    raise AttributeError(f"module 'monai_ext' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *SUBPACKAGES])

@@ -7,45 +7,77 @@ Each command is a plain function named here as "module:function" and imported on
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import json
+import sys
+from collections.abc import Callable, Sequence
+from importlib import metadata
 from typing import Any
 
-# command name -> "module:function"
-COMMANDS: dict[str, str] = {
-    "versions": "monai_ext.cli:versions",
-    "convert_legacy_autoencoderkl": "monai_ext.legacy.commands:convert_legacy_autoencoderkl",
-    "convert_legacy_diffusion_unet": "monai_ext.legacy.commands:convert_legacy_diffusion_unet",
-    "convert_legacy_controlnet": "monai_ext.legacy.commands:convert_legacy_controlnet",
-    "check_data": "monai_ext.bundle.data_check:check_data",
-    "fingerprint": "monai_ext.bundle.fingerprint:fingerprint",
-    "standin": "monai_ext.bundle.standins:standin",
-    "record_sha256": "monai_ext.sharing.checkpoint:record_sha256",
-    "audit": "monai_ext.sharing.audit:audit",
-    "run": "monai_ext.sharing.safe_run:run",
-    "keygen": "monai_ext.sharing.signing:keygen",
-    "pack": "monai_ext.sharing.packaging:pack",
-    "unpack": "monai_ext.sharing.packaging:unpack",
+# command name -> ("module:function", what it does: the function's first docstring line, checked by the tests)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "versions": (
+        "monai_ext.cli:versions",
+        "Print, as JSON, the versions of monai_ext and of the packages it runs on (paste these into bug reports).",
+    ),
+    "convert_legacy_autoencoderkl": (
+        "monai_ext.legacy.commands:convert_legacy_autoencoderkl",
+        "Convert a MONAI Generative Models AutoencoderKL checkpoint so that it reproduces the legacy outputs.",
+    ),
+    "convert_legacy_diffusion_unet": (
+        "monai_ext.legacy.commands:convert_legacy_diffusion_unet",
+        "Convert a MONAI Generative Models DiffusionModelUNet checkpoint so that it reproduces the legacy outputs.",
+    ),
+    "convert_legacy_controlnet": (
+        "monai_ext.legacy.commands:convert_legacy_controlnet",
+        "Convert a MONAI Generative Models ControlNet checkpoint so that it reproduces the legacy outputs.",
+    ),
+    "check_data": (
+        "monai_ext.bundle.data_check:check_data",
+        "Check every case of an MSD-layout dataset directory once; print all problems and exit 1 if there are any.",
+    ),
+    "fingerprint": (
+        "monai_ext.bundle.fingerprint:fingerprint",
+        "Fingerprint a Decathlon-layout dataset and print the training configuration derived from it.",
+    ),
+    "standin": (
+        "monai_ext.bundle.standins:standin",
+        "Write a small synthetic stand-in for a Decathlon task, to try a bundle on data shaped like the real task's.",
+    ),
+    "record_sha256": (
+        "monai_ext.sharing.checkpoint:record_sha256",
+        "Compute the SHA-256 of ``path`` and record it in the manifest next to it.",
+    ),
+    "audit": (
+        "monai_ext.sharing.audit:audit",
+        "Report what a bundle would do, for a reviewer, without running any of it.",
+    ),
+    "run": (
+        "monai_ext.sharing.safe_run:run",
+        "Run a bundle from another lab, confined by the kernel (Landlock).",
+    ),
+    "keygen": (
+        "monai_ext.sharing.signing:keygen",
+        "Make an Ed25519 key pair for signing bundles: keep PRIVATE secret, give PUBLIC to the labs you share with.",
+    ),
+    "pack": (
+        "monai_ext.sharing.packaging:pack",
+        "Pack a bundle folder (configs, docs, license, models, scripts) into a zip with SHA-256 hashes and versions.",
+    ),
+    "unpack": (
+        "monai_ext.sharing.packaging:unpack",
+        "Verify a bundle zip (names, sizes, signature, hashes), audit it, print what to install; then extract it.",
+    ),
 }
 
 
 def versions() -> str:
     """Print, as JSON, the versions of monai_ext and of the packages it runs on (paste these into bug reports)."""
-    import json
-
-    import ignite
-    import monai
-    import numpy
-    import torch
-
-    import monai_ext
-
-    found = {
-        "monai_ext": monai_ext.__version__,
-        "monai": monai.__version__,
-        "torch": torch.__version__,
-        "pytorch-ignite": ignite.__version__,
-        "numpy": numpy.__version__,
-    }
+    found = {}
+    for name in ("monai-ext", "monai", "torch", "pytorch-ignite", "numpy"):
+        try:
+            found[name.replace("-", "_") if name == "monai-ext" else name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
     return json.dumps(found, indent=1)
 
 
@@ -54,8 +86,24 @@ def _resolve(target: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module_name), func_name)
 
 
-def main() -> None:
-    """Run the ``monai_ext`` command line."""
+def usage() -> str:
+    """The command list that ``python -m monai_ext`` and ``--help`` print, without importing any command."""
+    width = max(map(len, COMMANDS))
+    lines = ["usage: python -m monai_ext COMMAND [--help | ARGS]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += ["", "`python -m monai_ext COMMAND --help` describes a command's arguments."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the ``monai_ext`` command line: only the module of the command given is imported."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return
+    if argv[0] not in COMMANDS:
+        print(f"monai_ext: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
+        raise SystemExit(2)
     import fire
 
-    fire.Fire({name: _resolve(target) for name, target in COMMANDS.items()}, name="monai_ext")
+    fire.Fire(_resolve(COMMANDS[argv[0]][0]), command=argv[1:], name=f"monai_ext {argv[0]}")

@@ -101,8 +101,11 @@ class AuditItem:
 
 @functools.cache
 def _component_locator() -> Any:
-    import monai  # noqa: F401 - the components MONAI's runner sees once it has imported monai
+    # the components MONAI's runner can find by short name once a config has imported monai and monai_ext
+    import monai  # noqa: F401
     from monai.bundle import ComponentLocator
+
+    import monai_ext.networks  # noqa: F401
 
     return ComponentLocator()
 
@@ -677,9 +680,11 @@ def audit(
     allow: str | Sequence[str] = (),
     verbose: bool = False,
 ) -> str:
-    """Report what a bundle would do (resolved, never run), grouped for a reviewer: the bundle's own code it runs,
-    where it writes and reads, the checkpoints it loads, what the allow-list cannot vouch for, and what the sandbox
-    of `monai_ext run` does not contain. Each group says whether it is contained or needs review.
+    """Report what a bundle would do, for a reviewer, without running any of it.
+
+    The report groups the bundle's own code it runs, where it writes and reads, the checkpoints it loads, what the
+    allow-list cannot vouch for, and what the sandbox of `monai_ext run` does not contain. Each group says whether
+    it is contained or needs review.
 
     Example:
 

@@ -422,7 +422,7 @@ def unpack(
     max_files: int = MAX_FILES,
     max_ratio: float = MAX_RATIO,
 ) -> str:
-    """Verify a bundle zip (hashes, sizes, no traversal or links), audit its configs, say what to install; extract it.
+    """Verify a bundle zip (names, sizes, signature, hashes), audit it, print what to install; then extract it.
 
     Everything is checked before DEST is created, so a refused archive leaves nothing behind.
 
