@@ -1,15 +1,29 @@
-"""What a bundle run shows a person: a loss progress bar per training epoch, and evaluation logs without "best"."""
+"""What a bundle run shows a person: a loss progress bar per training epoch, evaluation logs without "best", engine
+messages that say what happens, and metric files whose columns carry the class names."""
 
 from __future__ import annotations
 
+import csv
 import logging
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ignite.handlers import ProgressBar
-from monai.handlers import StatsHandler
+from monai.handlers import MetricsSaver, StatsHandler
 from monai.utils import is_scalar
 
-__all__ = ["EvaluationStatsHandler", "LossProgressBar", "image_meta", "loss_value"]
+__all__ = [
+    "ClassNamedMetricsSaver",
+    "EvaluationStatsHandler",
+    "LossProgressBar",
+    "TidyEngineRecords",
+    "image_meta",
+    "loss_value",
+    "tidy_engine_logs",
+]
 
 # MONAI's Workflow logs this whenever a key metric beats the previous epochs, including the single epoch of an
 # evaluation run, where there is nothing to beat.
@@ -86,6 +100,10 @@ class LossProgressBar(ProgressBar):
     Put it first in a trainer's handler list: Ignite runs handlers in the order they were attached, so the bar
     closes at the end of each epoch before the validation handler logs, and no log line lands inside a bar.
 
+    When the bar's stream is not a terminal (output redirected to a log file), a bar would be written as one line
+    of carriage returns per epoch; the handler then logs one line per epoch instead:
+    ``Epoch [2/60]: 4 iterations, loss 1.3312``.
+
     Args:
         loss_key: key of the loss in the trainer's output.
         persist: keep each epoch's finished bar on screen.
@@ -95,11 +113,100 @@ class LossProgressBar(ProgressBar):
     def __init__(self, loss_key: str = "loss", persist: bool = True, **tqdm_kwargs: Any) -> None:
         super().__init__(persist=persist, **tqdm_kwargs)
         self.loss_key = loss_key
+        self.last_loss = float("nan")
 
     def attach(self, engine: Any, **kwargs: Any) -> None:  # type: ignore[override]
         """Attach to ``engine``, showing ``loss_key`` of each iteration's output; ``kwargs`` as for Ignite."""
+        from ignite.engine import Events
+
+        stream = self.tqdm_kwargs.get("file", sys.stderr)
+        if not (hasattr(stream, "isatty") and stream.isatty()):
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self._remember_loss)
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self._log_epoch)
+            return
         kwargs.setdefault("output_transform", self._loss)
         super().attach(engine, **kwargs)
 
+    def _remember_loss(self, engine: Any) -> None:
+        self.last_loss = loss_value(engine.state.output, self.loss_key)
+
+    def _log_epoch(self, engine: Any) -> None:
+        state = engine.state
+        logging.getLogger(__name__).info(
+            f"Epoch [{state.epoch}/{state.max_epochs}]: {state.epoch_length} iterations, "
+            f"{self.loss_key} {self.last_loss:.4f}"
+        )
+
     def _loss(self, output: Any) -> dict[str, float]:
         return {self.loss_key: loss_value(output, self.loss_key)}
+
+
+class TidyEngineRecords(logging.Filter):
+    """Rewrites three Ignite and MONAI log messages that mislead or print raw floats.
+
+    - Ignite's ``Engine run resuming from iteration 0, epoch 0 until N epochs`` on every fresh start (MONAI's
+      workflows create the engine state up front, so Ignite takes each start for a resume) becomes ``Engine run
+      starting: N epochs``; an evaluator run within training (``resuming from iteration 0, epoch E``) becomes
+      ``Validation after epoch E``. A real resume is logged by the resuming handler.
+    - MONAI's ``Got new best metric of NAME: 0.96633851528`` and ``Key metric: NAME best value: 0.96633851528 at
+      epoch: E`` show the value to 4 decimals.
+    """
+
+    _FRESH = re.compile(r"Engine run resuming from iteration 0, epoch 0 until (\d+) epochs")
+    _WITHIN_TRAINING = re.compile(r"Engine run resuming from iteration 0, epoch (\d+) until \d+ epochs")
+    _FLOAT = re.compile(r"(?<=: )(-?\d+\.\d{5,})(?=\s|$)")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        tidy = self._FRESH.sub(r"Engine run starting: \1 epochs", message)
+        tidy = self._WITHIN_TRAINING.sub(r"Validation after epoch \1", tidy)
+        if message.startswith(("Got new best metric", "Key metric:")):
+            tidy = self._FLOAT.sub(lambda m: f"{float(m.group(1)):.4f}", tidy)
+        if tidy != message:
+            record.msg, record.args = tidy, None
+        return True
+
+
+def tidy_engine_logs() -> None:
+    """Put :class:`TidyEngineRecords` on every handler of the root logger (those a bundle's ``logging.conf`` sets up),
+    where the records of all engines and MONAI handlers pass. Call it from a config's ``initialize``."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, TidyEngineRecords) for f in handler.filters):
+            handler.addFilter(TidyEngineRecords())
+
+
+class ClassNamedMetricsSaver(MetricsSaver):
+    """MONAI's ``MetricsSaver`` (same arguments) whose per-class columns are named after the classes.
+
+    MONAI's ``write_metrics_reports`` takes ``class_labels``, but its ``MetricsSaver`` never passes them, so the
+    per-case CSV has columns ``class0, class1, ...`` and the summary rows of the same names, while previews and
+    logs use the class names. This saver renames them in the files it wrote.
+
+    Args:
+        class_names: the name of each metric column, in order (without the background when the metric excludes it).
+        kwargs: as for ``monai.handlers.MetricsSaver``.
+    """
+
+    def __init__(self, class_names: Sequence[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.class_names = [str(name) for name in class_names]
+
+    def __call__(self, engine: Any) -> None:
+        super().__call__(engine)
+        if self.output_type != "csv":
+            return
+        renamed = {f"class{i}": name for i, name in enumerate(self.class_names)}
+        for path in Path(self.save_dir).glob("*_raw.csv"):
+            self._rename(path, renamed, header=True)
+        for path in Path(self.save_dir).glob("*_summary.csv"):
+            self._rename(path, renamed, header=False)
+
+    def _rename(self, path: Path, renamed: dict[str, str], header: bool) -> None:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f, delimiter=self.deli))
+        if header and rows:
+            rows[0] = [renamed.get(cell, cell) for cell in rows[0]]
+        elif not header:
+            rows = [[renamed.get(row[0], row[0]), *row[1:]] if row else row for row in rows]
+        with open(path, "w", newline="") as f:
+            csv.writer(f, delimiter=self.deli, lineterminator="\n").writerows(rows)

@@ -194,8 +194,10 @@ def run_bundle(
             for flag in item.flags
         ]
         guard.refuse(logging_file, "logging.conf", flags)
+    # MONAI's own runner takes the workflow type from the command; say it here, or MONAI logs that none was given
+    workflow_type = "train" if any("train" in Path(f).stem.lower() for f in files) else "infer"
     workflow = _BundleLastWorkflow(
-        config_file=files, meta_file=meta, logging_file=logging_file or False, workflow_type=None, **override
+        config_file=files, meta_file=meta, logging_file=logging_file or False, workflow_type=workflow_type, **override
     )
     workflow.parser = _CheckedParser(workflow.parser.get(), guard)
     workflow.initialize()
