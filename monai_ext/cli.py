@@ -43,6 +43,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "monai_ext.bundle.standins:standin",
         "Write a small synthetic stand-in for a Decathlon task, to try a bundle on data shaped like the real task's.",
     ),
+    "export": (
+        "monai_ext.bundle.export:export",
+        "Export a bundle's trained network to torch.export (.pt2), ONNX and TorchScript, each checked against eager.",
+    ),
     "record_sha256": (
         "monai_ext.sharing.checkpoint:record_sha256",
         "Compute the SHA-256 of ``path`` and record it in the manifest next to it.",

@@ -121,6 +121,25 @@ def run_export_without_monai_ext(ts_file: Path, x: torch.Tensor, cwd: Path, meta
     return torch.load(cwd / "y.pt")
 
 
+def run_pt2_and_onnx_without_monai_ext(pt2_file: Path, onnx_file: Path, x: torch.Tensor, cwd: Path):
+    """Run a ``torch.export`` program and an ONNX file in a fresh ``python -I`` where monai_ext cannot be imported;
+    return each one's outputs on x, as lists of tensors."""
+    torch.save(x, cwd / "x.pt")
+    script = (
+        "import sys, numpy, torch, onnxruntime\n"
+        "sys.modules['monai_ext'] = None\n"
+        f"x = torch.load({str(cwd / 'x.pt')!r})\n"
+        f"program = torch.export.load({str(pt2_file)!r}).module()\n"
+        "out = program(x)\n"
+        "pt2 = [out] if isinstance(out, torch.Tensor) else list(out)\n"
+        f"session = onnxruntime.InferenceSession({str(onnx_file)!r}, providers=['CPUExecutionProvider'])\n"
+        "onnx = [torch.from_numpy(o) for o in session.run(None, {session.get_inputs()[0].name: x.numpy()})]\n"
+        f"torch.save({{'pt2': pt2, 'onnx': onnx}}, {str(cwd / 'y.pt')!r})\n"
+    )
+    subprocess.run([sys.executable, "-I", "-c", script], check=True, cwd=cwd, timeout=300)
+    return torch.load(cwd / "y.pt")
+
+
 def check_prediction(source, prediction, num_classes):
     """A segmentation saved in its input's space: same grid and affine, labels below ``num_classes``."""
     image, seg = nib.load(source), nib.load(prediction)

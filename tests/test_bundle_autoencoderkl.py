@@ -7,7 +7,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_cli import config_files, copy_bundle, run_cli, run_export_without_monai_ext, tiny_msd, trained_network
+from bundle_cli import (
+    config_files,
+    copy_bundle,
+    run_cli,
+    run_export_without_monai_ext,
+    run_pt2_and_onnx_without_monai_ext,
+    tiny_msd,
+    trained_network,
+)
 
 from monai_ext.bundle import datalist
 from monai_ext.sharing.checkpoint import load_checkpoint, verify_sha256
@@ -83,6 +91,21 @@ def test_torchscript_export_runs_without_monai_ext_and_matches_eager(trained, tm
     assert [tuple(t.shape) for t in exported] == [(1, 1, 16, 16, 16), (1, 3, 8, 8, 8), (1, 3, 8, 8, 8)]
     for got, want in zip(exported, expected, strict=True):  # reconstruction, z_mu, z_sigma
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_export_to_pt2_and_onnx_runs_without_monai_ext_and_matches_eager(trained, tmp_path):
+    bundle, _ = trained
+    small = ["--roi_size", "[16,16,16]", "--network_def#channels", "[8,8]"]
+    run_cli([bundle, "--formats", "pt2,onnx", "--output_dir", tmp_path, *small], tmp_path,
+            module=("-m", "monai_ext", "export"))  # fmt: skip
+    x = torch.rand(3, 1, 16, 16, 16)
+    exported = run_pt2_and_onnx_without_monai_ext(tmp_path / "model.pt2", tmp_path / "model.onnx", x, tmp_path)
+    with torch.no_grad():
+        expected = trained_network(bundle, {"roi_size": [16, 16, 16], "network_def#channels": [8, 8]})(x)
+    for fmt in ("pt2", "onnx"):  # reconstruction, z_mu, z_sigma
+        assert [tuple(t.shape) for t in exported[fmt]] == [(3, 1, 16, 16, 16), (3, 3, 8, 8, 8), (3, 3, 8, 8, 8)]
+        for got, want in zip(exported[fmt], expected, strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
 def test_multi_gpu_train_under_torchrun_on_cpu_with_the_adversarial_term(tmp_path):

@@ -13,6 +13,7 @@ from bundle_cli import (
     copy_bundle,
     run_cli,
     run_export_without_monai_ext,
+    run_pt2_and_onnx_without_monai_ext,
     tiny_msd,
     trained_network,
 )
@@ -145,6 +146,21 @@ def test_torchscript_export_runs_without_monai_ext_and_matches_eager(trained, tm
     with torch.no_grad():
         expected = trained_network(bundle, {"roi_size": [16, 16, 16]})(x)
     torch.testing.assert_close(exported, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_export_to_pt2_and_onnx_runs_without_monai_ext_and_matches_eager(trained, tmp_path):
+    bundle, _ = trained
+    done = run_cli(
+        [bundle, "--formats", "pt2,onnx", "--output_dir", tmp_path], tmp_path, module=("-m", "monai_ext", "export")
+    )
+    assert "HybridAxialUNet with input (batch, 1, 16, 16, 16)" in done.stdout
+    x = torch.rand(3, 1, 16, 16, 16)  # a batch size the export was not traced with
+    exported = run_pt2_and_onnx_without_monai_ext(tmp_path / "model.pt2", tmp_path / "model.onnx", x, tmp_path)
+    with torch.no_grad():
+        expected = trained_network(bundle, {"roi_size": [16, 16, 16]})(x)
+    for fmt in ("pt2", "onnx"):
+        [got] = exported[fmt]
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
 def test_verify_net_in_out(trained):

@@ -54,6 +54,8 @@ class _ResBlock(AEKLResBlock):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         in_place = not torch.is_grad_enabled()
         one_dnn = self.one_dnn and x.device.type == "cpu" and x.dtype == torch.float32
+        if not torch.jit.is_scripting():  # torch.export and ONNX trace with fake tensors, which oneDNN refuses
+            one_dnn = one_dnn and not torch.compiler.is_compiling()
         h = F.silu(self.norm1(x), inplace=in_place)
         conv1, conv2 = self.conv1.conv, self.conv2.conv
         h = self._one_dnn_conv(h, conv1.weight, conv1.bias) if one_dnn else self.conv1(h)
