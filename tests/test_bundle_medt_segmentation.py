@@ -53,7 +53,7 @@ def test_train_from_another_cwd_fills_default_data_and_writes_model_previews_and
     # one progress bar per epoch carries the loss; no per-iteration log lines
     # the output is captured, not a terminal: one line per epoch with the loss instead of a progress bar
     assert re.search(r"Epoch \[1/1\]: \d+ iterations, loss \d+\.\d{4}", done.stdout) and "Iter:" not in done.stdout
-    assert "Engine run starting: 1 epochs" in done.stdout and "resuming from iteration 0" not in done.stdout
+    assert "Engine run starting: 1 epoch\n" in done.stdout and "resuming from iteration 0" not in done.stdout
     assert f"saved {bundle / 'models' / 'model.pt'}" in done.stdout, "the log says where the best model went"
     state = torch.load(bundle / "models" / "model.pt", weights_only=True)
     assert state["head.conv.bias"].shape[0] == 4  # four labels in the synthetic dataset.json

@@ -158,7 +158,7 @@ class TidyEngineRecords(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        tidy = self._FRESH.sub(r"Engine run starting: \1 epochs", message)
+        tidy = self._FRESH.sub(lambda m: f"Engine run starting: {m[1]} epoch{'' if m[1] == '1' else 's'}", message)
         tidy = self._WITHIN_TRAINING.sub(r"Validation after epoch \1", tidy)
         if message.startswith(("Got new best metric", "Key metric:")):
             tidy = self._FLOAT.sub(lambda m: f"{float(m.group(1)):.4f}", tidy)
