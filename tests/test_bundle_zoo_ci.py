@@ -6,6 +6,7 @@ network returns a tuple); ``ckpt_export`` to TorchScript, loaded where monai_ext
 two processes on train.json + multi_gpu_train.json, merged and exported to one config file as the Zoo's runner does.
 """
 
+import hashlib
 import json
 import re
 
@@ -20,6 +21,8 @@ from monai_ext.sharing.checkpoint import verify_sha256
 pytestmark = pytest.mark.slow
 
 SCHEMA = REPO_ROOT / "tests" / "data" / "meta_schema_20240725.json"
+# the schema file's hash, so that MONAI checks the copy it reads instead of warning that it cannot
+SCHEMA_SHA256 = hashlib.sha256(SCHEMA.read_bytes()).hexdigest()
 BUNDLES = ["medt_segmentation_3d", "autoencoderkl_3d"]
 TINY = {
     "medt_segmentation_3d": {"roi_size": [16, 16, 16], "pixdim": [4.0, 4.0, 4.0], "num_samples": 1},
@@ -37,7 +40,7 @@ EXPORT_SHAPES = {
 def test_metadata_verifies_against_the_shipped_schema(name):
     meta = REPO_ROOT / "bundles" / name / "configs" / "metadata.json"
     assert json.loads(meta.read_text())["schema"].endswith("/" + SCHEMA.name)
-    verify_metadata(meta_file=str(meta), filepath=str(SCHEMA))  # raises on any schema violation
+    verify_metadata(meta_file=str(meta), filepath=str(SCHEMA), hash_val=SCHEMA_SHA256, hash_type="sha256")
 
 
 def test_metadata_schema_check_rejects_a_missing_required_field(tmp_path):
@@ -45,7 +48,9 @@ def test_metadata_schema_check_rejects_a_missing_required_field(tmp_path):
     del meta["required_packages_version"]
     (tmp_path / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="required_packages_version"):
-        verify_metadata(meta_file=str(tmp_path / "metadata.json"), filepath=str(SCHEMA))
+        verify_metadata(
+            meta_file=str(tmp_path / "metadata.json"), filepath=str(SCHEMA), hash_val=SCHEMA_SHA256, hash_type="sha256"
+        )
 
 
 def test_shipped_schema_is_the_shared_one():

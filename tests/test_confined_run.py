@@ -251,6 +251,7 @@ UNCONFINED_EFFECT = {
 
 
 @pytest.mark.parametrize("name", sorted(UNCONFINED_EFFECT))
+@pytest.mark.filterwarnings("ignore:Preferably the reader should inherit ImageReader")  # the payloads' readers
 def test_each_payload_works_when_nothing_confines_it(name, tmp_path, outside, monkeypatch):
     # the control for the test below: the same bundle, run in this process with the allow-list only reporting
     from monai_ext.sharing.safe_run import run_bundle
