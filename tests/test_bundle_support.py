@@ -22,6 +22,7 @@ def _bundle_reporting_its_root(folder, bundle_root):
 
 
 @pytest.mark.parametrize("how", ["ConfigWorkflow", "monai.bundle.run"])
+@pytest.mark.filterwarnings("ignore:parsing config_file")  # MONAI's notice on every config it runs; these are ours
 def test_bundle_root_is_found_from_another_cwd_where_monais_dot_convention_is_the_cwd(
     how, tmp_path, monkeypatch, capsys
 ):
