@@ -3,12 +3,13 @@
 import csv
 import io
 import logging
+import re
 
 import torch
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import MeanDice, MetricsSaver, StatsHandler, ValidationHandler, from_engine
 
-from monai_ext.bundle.logs import ClassNamedMetricsSaver, LossProgressBar, TidyEngineRecords
+from monai_ext.bundle.logs import ClassNamedMetricsSaver, LossProgressBar, TidyEngineRecords, tidy_engine_logs
 
 
 class _Collect(logging.Handler):
@@ -59,7 +60,8 @@ def test_engine_messages_say_what_happens_and_round_the_best_value(tmp_path):
     assert "Engine run resuming from iteration 0, epoch 1 until 2 epochs" in seen["monai"]
     assert any(m.startswith("Got new best metric of val_mean_dice: 0.") and len(m.split(": ")[1]) > 8
                for m in seen["monai"])  # fmt: skip
-    assert "Engine run starting: 2 epochs" in seen["ours"] and "Validation after epoch 1" in seen["ours"]
+    assert "Engine run starting: 2 epochs" in seen["ours"]
+    assert "Evaluation run (epoch 1)" in seen["ours"] and "Evaluation run (epoch 2)" in seen["ours"]
     assert not any("resuming from iteration 0" in m for m in seen["ours"])
     best = [m for m in seen["ours"] if m.startswith(("Got new best metric", "Key metric:"))]
     assert best and all(len(m.split(": ")[2 if m.startswith("Key") else 1].split()[0]) == 6 for m in best), best
@@ -96,3 +98,19 @@ def test_without_a_terminal_the_progress_bar_logs_one_line_per_epoch(tmp_path, c
     lines = [r.getMessage() for r in caplog.records if r.name == "monai_ext.bundle.logs"]
     assert [line.split(", loss")[0] for line in lines] == ["Epoch [1/2]: 1 iterations", "Epoch [2/2]: 1 iterations"]
     assert all(float(line.rsplit(" ", 1)[1]) >= 0 for line in lines)
+
+
+def test_tidying_reaches_monai_stats_handler_which_keeps_its_own_log_handler(tmp_path, capfd):
+    trainer, evaluator = _engines(tmp_path, max_epochs=1)
+    StatsHandler(iteration_log=False).attach(evaluator)  # MONAI's default logger: its own handler, not propagated
+    own = logging.getLogger("monai.handlers.StatsHandler")
+    assert own.handlers and not own.propagate
+    tidy_engine_logs()
+    try:
+        trainer.run()
+    finally:
+        for handler in own.handlers:
+            for f in [f for f in handler.filters if isinstance(f, TidyEngineRecords)]:
+                handler.removeFilter(f)
+    printed = capfd.readouterr().out
+    assert re.search(r"Key metric: val_mean_dice best value: \d\.\d{4} at epoch: 1\n", printed), printed

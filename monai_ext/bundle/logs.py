@@ -142,24 +142,28 @@ class LossProgressBar(ProgressBar):
 
 
 class TidyEngineRecords(logging.Filter):
-    """Rewrites three Ignite and MONAI log messages that mislead or print raw floats.
+    """Rewrites Ignite and MONAI log messages that mislead or print raw floats.
 
-    - Ignite's ``Engine run resuming from iteration 0, epoch 0 until N epochs`` on every fresh start (MONAI's
-      workflows create the engine state up front, so Ignite takes each start for a resume) becomes ``Engine run
-      starting: N epochs``; an evaluator run within training (``resuming from iteration 0, epoch E``) becomes
-      ``Validation after epoch E``. A real resume is logged by the resuming handler.
+    - Ignite's ``Engine run resuming from iteration 0, epoch 0 until N epochs`` on every fresh start of a trainer
+      (MONAI's workflows create the engine state up front, so Ignite takes each start for a resume) becomes
+      ``Engine run starting: N epochs``. A real resume (from a later iteration) keeps Ignite's message.
+    - An evaluator's ``Engine run resuming from iteration 0, epoch E until E+1 epochs`` (MONAI runs it for one epoch
+      numbered after the trainer's) becomes ``Evaluation run (epoch E+1)``.
     - MONAI's ``Got new best metric of NAME: 0.96633851528`` and ``Key metric: NAME best value: 0.96633851528 at
       epoch: E`` show the value to 4 decimals.
     """
 
-    _FRESH = re.compile(r"Engine run resuming from iteration 0, epoch 0 until (\d+) epochs")
-    _WITHIN_TRAINING = re.compile(r"Engine run resuming from iteration 0, epoch (\d+) until \d+ epochs")
+    _RESUMING = re.compile(r"Engine run resuming from iteration 0, epoch (\d+) until (\d+) epochs")
     _FLOAT = re.compile(r"(?<=: )(-?\d+\.\d{5,})(?=\s|$)")
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        tidy = self._FRESH.sub(lambda m: f"Engine run starting: {m[1]} epoch{'' if m[1] == '1' else 's'}", message)
-        tidy = self._WITHIN_TRAINING.sub(r"Validation after epoch \1", tidy)
+        tidy = message
+        found = self._RESUMING.fullmatch(message)
+        if found and record.name.endswith("Evaluator"):
+            tidy = f"Evaluation run (epoch {found[2]})"
+        elif found and found[1] == "0":
+            tidy = f"Engine run starting: {found[2]} epoch{'' if found[2] == '1' else 's'}"
         if message.startswith(("Got new best metric", "Key metric:")):
             tidy = self._FLOAT.sub(lambda m: f"{float(m.group(1)):.4f}", tidy)
         if tidy != message:
@@ -168,9 +172,11 @@ class TidyEngineRecords(logging.Filter):
 
 
 def tidy_engine_logs() -> None:
-    """Put :class:`TidyEngineRecords` on every handler of the root logger (those a bundle's ``logging.conf`` sets up),
-    where the records of all engines and MONAI handlers pass. Call it from a config's ``initialize``."""
-    for handler in logging.getLogger().handlers:
+    """Put :class:`TidyEngineRecords` on every handler set up so far: the root logger's (from the bundle's
+    ``logging.conf``), where the engines' records arrive, and those of loggers that keep their own, such as MONAI's
+    ``monai.handlers.StatsHandler``. Call it from a config's ``initialize``."""
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.Logger.manager.loggerDict))]
+    for handler in {handler for logger in loggers for handler in logger.handlers}:
         if not any(isinstance(f, TidyEngineRecords) for f in handler.filters):
             handler.addFilter(TidyEngineRecords())
 
