@@ -70,6 +70,18 @@ def test_a_copy_takes_the_bundle_definition_and_leaves_what_runs_wrote(trained, 
     )
 
 
+def test_evaluate_without_a_model_stops_with_one_line(tmp_path):
+    bundle = copy_bundle(NAME, tmp_path)
+    evaluate = ["run", "--config_file", config_files(bundle, ["train.json", "evaluate.json"])]
+    done = run_cli(evaluate, tmp_path, check=False)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        f"No trained model at {bundle / 'models' / 'model.pt'}. Train one first: python -m monai.bundle run "
+        f"--config_file {bundle / 'configs' / 'train.json'} (or pass --model_file PATH)."
+    )
+    assert "Traceback" not in done.stderr
+
+
 def test_evaluate_writes_per_case_dice_and_prints_the_mean(trained):
     bundle, _ = trained
     done = run_cli(
