@@ -17,7 +17,7 @@ from bundle_cli import run_cli
 from monai.networks.nets import UNet
 
 from monai_ext.sharing import landlock
-from monai_ext.sharing.audit import audit, audit_bundle
+from monai_ext.sharing.audit import audit, audit_bundle, write_folders
 
 ZOO = Path(__file__).parent / "data" / "model_zoo"
 
@@ -78,10 +78,12 @@ def test_other_zoo_idioms_are_typed():
     brats = {(i.source, i.key): i for i in audit_bundle(ZOO / "brats_mri_segmentation")}
     assert brats[("configs/train.json", "initialize::1")].flags == ()  # setattr(torch.backends.cudnn, ...)
     assert brats[("configs/inference.json", "postprocessing::transforms::3::func")].flags == ()  # torch.where lambda
-    ventricular = {(i.source, i.key): i for i in audit_bundle(ZOO / "ventricular_short_axis_3label")}
+    ventricular_items = audit_bundle(ZOO / "ventricular_short_axis_3label")
+    ventricular = {(i.source, i.key): i for i in ventricular_items}
     assert ventricular[("configs/train.json", "sampler::weights")].flags == ()  # torch.ones(len(...))
     saver = ventricular[("configs/inference.json", "postprocessing::transforms::3::_target_")]
     assert saver.detail == "BUNDLE/output", "not a standard output folder: the confined run makes it writable"
+    assert write_folders(ventricular_items) == ["models", "output"], "the folders a confined run lets it write"
 
 
 def _synthetic_ct(path: Path, shape=(72, 64, 40)) -> np.ndarray:
