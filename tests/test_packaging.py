@@ -194,6 +194,12 @@ def test_cli_round_trip_audits_and_prints_what_to_install(bundle, tmp_path, caps
     assert unpacked.returncode == 0, unpacked.stdout + unpacked.stderr
     assert f"{len(SHIPPED)} files verified" in unpacked.stdout
     assert "  scripts/prepare.py: scripts.prepare: 1 line of Python the configs can import" in unpacked.stdout
+    dest = (tmp_path / "dest").resolve()
+    # the archive holds a trained model: use it, or train anew elsewhere (training would refuse to replace it)
+    assert f"run its trained model with:\n  python -m monai_ext run {dest} --config_file configs/inference.json" in (
+        unpacked.stdout
+    )
+    assert f"run {dest} --config_file configs/train.json --ckpt_dir NEW_FOLDER" in unpacked.stdout
     assert re.search(r"\n7 items: 6 resolve to allowed objects, 1 listed above; 1 need review", unpacked.stdout)
     assert f"torch=={metadata.version('torch')}" in unpacked.stdout
     assert f"monai=={metadata.version('monai')}" in unpacked.stdout

@@ -111,6 +111,16 @@ def run_command(bundle_dir: str | os.PathLike) -> str:
     return f"python -m monai_ext run {Path(bundle_dir).resolve()} --config_file configs/train.json"
 
 
+def _next_commands(dest: str | os.PathLike, has_model: bool) -> list[str]:
+    """What to run next: a received trained model is used as it is, and training anew keeps it (training refuses to
+    replace a model it did not start from)."""
+    if not has_model:
+        return [f"train it with:\n  {run_command(dest)}"]
+    inference = run_command(dest).replace("configs/train.json", "configs/inference.json")
+    return [f"run its trained model with:\n  {inference}",
+            f"train it anew, keeping its model, with:\n  {run_command(dest)} --ckpt_dir NEW_FOLDER"]  # fmt: skip
+
+
 def pack_bundle(
     bundle_dir: str | os.PathLike, out_zip: str | os.PathLike, sign: str | os.PathLike | None = None
 ) -> dict[str, Any]:
@@ -495,7 +505,7 @@ def unpack(
             format_report(items),
             *([f"findings you accepted: {', '.join(sorted(accepted))}"] if accepted else []),
             found["install"],
-            f"train it with:\n  {run_command(dest)}",
+            *_next_commands(dest, has_model="models/model.pt" in manifest["files"]),
         ]
     )
     return report
