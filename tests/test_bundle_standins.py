@@ -2,7 +2,7 @@
 
 Per task: ``python -m monai_ext fingerprint`` into the bundle; the Model Zoo's sequence (train one epoch, evaluate,
 infer, then ``verify_net_in_out`` and ``ckpt_export`` without the dataset); predictions in each input's space; the
-export run without monai_ext; then one epoch of DDP training under ``torchrun`` with two processes and two steps each.
+export run without monai_ext; then, for two of them, one epoch of DDP training under ``torchrun`` with two processes.
 """
 
 import json
@@ -19,6 +19,9 @@ pytestmark = pytest.mark.slow
 
 NAME = "medt_segmentation_3d"
 ONE_EPOCH = {"train#trainer#max_epochs": 1, "val_interval": 1}
+# DDP under torchrun on the two stand-ins whose patches differ most (small and near-isotropic; anisotropic with two
+# channels); the others would repeat it at about 25 s each. tests/test_hybrid_axial_unet.py covers DDP on more shapes.
+DDP_TASKS = ("Hippocampus", "Prostate")
 
 
 @pytest.mark.parametrize("task", list(standins.STANDINS))
@@ -46,6 +49,8 @@ def test_fingerprint_then_zoo_sequence_export_and_ddp_on_a_decathlon_standin(tas
     exported = run_export_without_monai_ext(bundle / "models" / "model.ts", x, tmp_path, b"HybridAxialUNet")
     assert tuple(exported.shape) == (1, chosen["num_classes"], *chosen["roi_size"])
 
+    if task not in DDP_TASKS:
+        return
     (bundle / "models").rename(tmp_path / "single_process_models")
     run_cli(
         ["--standalone", "--nproc_per_node", "2", "-m", "monai.bundle", "run", "--config_file",
