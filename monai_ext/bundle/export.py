@@ -22,8 +22,6 @@ from monai_ext.sharing.checkpoint import load_checkpoint, record_sha256
 
 __all__ = ["FORMATS", "ExportMismatchError", "export", "export_network"]
 
-logger = logging.getLogger(__name__)
-
 # format -> file suffix, and what loads it back
 FORMATS = {"pt2": ".pt2", "onnx": ".onnx", "ts": ".ts"}
 LOADERS = {"pt2": "torch.export.load", "onnx": "onnxruntime", "ts": "torch.jit.load"}

@@ -481,7 +481,7 @@ def _component_item(source: str, key: str, node: dict, types: _ConfigTypes, path
     if resolved in WRITERS and WRITERS[resolved][0] in node:
         writes = [(resolved, types.value_of(node[WRITERS[resolved][0]], path))]
     if resolved in CHECKPOINT_LOADERS:
-        argument = CHECKPOINT_LOADERS[resolved][0]
+        argument = CHECKPOINT_LOADERS[resolved]
         loaded = types.value_of(node[argument], path) if argument in node else UNKNOWN
         return _replace(AuditItem(source, key, "_target_", str(target), tuple(flags), resolved),
                         group="checkpoints", detail=_where(loaded), paths=_known_paths([loaded]))  # fmt: skip
@@ -489,14 +489,14 @@ def _component_item(source: str, key: str, node: dict, types: _ConfigTypes, path
     return _grouped(item, names, writes)
 
 
-# Callables that load a checkpoint -> (keyword, position) of the path they load. In a confined run every torch.load
+# Callables that load a checkpoint -> the keyword of the path they load. In a confined run every torch.load
 # is weights-only, and a TorchScript archive holds no pickled Python objects.
 CHECKPOINT_LOADERS = {
-    "torch.serialization.load": ("f", 0),
-    "torch.jit._serialization.load": ("f", 0),
-    "monai.handlers.checkpoint_loader.CheckpointLoader": ("load_path", 0),
-    CHECKED_LOADER: ("load_path", 0),
-    "monai_ext.sharing.checkpoint.load_checkpoint": ("path", 0),
+    "torch.serialization.load": "f",
+    "torch.jit._serialization.load": "f",
+    "monai.handlers.checkpoint_loader.CheckpointLoader": "load_path",
+    CHECKED_LOADER: "load_path",
+    "monai_ext.sharing.checkpoint.load_checkpoint": "path",
 }
 # Not covered by the kernel's rules: Landlock restricts TCP but not UDP, and a debugger reads the user's terminal.
 UNCONTAINED_MARKERS = {
