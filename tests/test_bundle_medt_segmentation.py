@@ -50,10 +50,14 @@ def test_train_from_another_cwd_fills_default_data_and_writes_model_previews_and
     assert (bundle / "eval" / "previews" / f"{first_case}_epoch001.png").read_bytes()[:4] == b"\x89PNG"
     assert list((bundle / "eval" / "runs").glob("events.out.tfevents.*"))
     assert re.search(r"val_mean_dice: \d", done.stdout)
-    # one progress bar per epoch carries the loss; no per-iteration log lines
     # the output is captured, not a terminal: one line per epoch with the loss instead of a progress bar
     assert re.search(r"Epoch \[1/1\]: \d+ iterations, loss \d+\.\d{4}", done.stdout) and "Iter:" not in done.stdout
     assert "Engine run starting: 1 epoch\n" in done.stdout and "resuming from iteration 0" not in done.stdout
+    assert re.search(r"Key metric: val_mean_dice best value: \d\.\d{4} at epoch: 1\n", done.stdout)
+    assert (
+        "--- input summary of monai.bundle.scripts.run ---\n" in done.stdout
+        and "> roi_size: [16, 16, 16]" in done.stdout
+    )
     assert f"saved {bundle / 'models' / 'model.pt'}" in done.stdout, "the log says where the best model went"
     state = torch.load(bundle / "models" / "model.pt", weights_only=True)
     assert state["head.conv.bias"].shape[0] == 4  # four labels in the synthetic dataset.json

@@ -2,14 +2,22 @@
 
 import csv
 import io
+import json
 import logging
 import re
 
+import pytest
 import torch
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import MeanDice, MetricsSaver, StatsHandler, ValidationHandler, from_engine
 
-from monai_ext.bundle.logs import ClassNamedMetricsSaver, LossProgressBar, TidyEngineRecords, tidy_engine_logs
+from monai_ext.bundle.logs import (
+    ClassNamedMetricsSaver,
+    LossProgressBar,
+    SkipEmptyInputSummary,
+    TidyEngineRecords,
+    tidy_engine_logs,
+)
 
 
 class _Collect(logging.Handler):
@@ -19,6 +27,14 @@ class _Collect(logging.Handler):
 
     def emit(self, record):
         self.messages.append(record.getMessage())
+
+
+def _untidy():
+    """Take off the filters ``tidy_engine_logs`` installs, so that tests after one that calls it see MONAI's logs."""
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.Logger.manager.loggerDict))]
+    for filterer in [*loggers, *(handler for logger in loggers for handler in logger.handlers)]:
+        for f in [f for f in filterer.filters if isinstance(f, (TidyEngineRecords, SkipEmptyInputSummary))]:
+            filterer.removeFilter(f)
 
 
 def _engines(tmp_path, max_epochs=2):
@@ -101,16 +117,42 @@ def test_without_a_terminal_the_progress_bar_logs_one_line_per_epoch(tmp_path, c
 
 
 def test_tidying_reaches_monai_stats_handler_which_keeps_its_own_log_handler(tmp_path, capfd):
+    tidy_engine_logs()  # first, as a config's initialize runs before its handlers are built
     trainer, evaluator = _engines(tmp_path, max_epochs=1)
     StatsHandler(iteration_log=False).attach(evaluator)  # MONAI's default logger: its own handler, not propagated
     own = logging.getLogger("monai.handlers.StatsHandler")
     assert own.handlers and not own.propagate
-    tidy_engine_logs()
     try:
         trainer.run()
     finally:
-        for handler in own.handlers:
-            for f in [f for f in handler.filters if isinstance(f, TidyEngineRecords)]:
-                handler.removeFilter(f)
+        _untidy()
     printed = capfd.readouterr().out
     assert re.search(r"Key metric: val_mean_dice best value: \d\.\d{4} at epoch: 1\n", printed), printed
+
+
+def _runner_summary(tmp_path, initialize, **override):
+    """What MONAI's ``python -m monai.bundle run`` logs on its own logger for a config whose ``initialize`` is given."""
+    from monai.bundle.scripts import run
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"max_epochs": 2, "initialize": initialize, "run": ["$None"]}))
+    (tmp_path / "metadata.json").write_text("{}")
+    _untidy()  # in-process bundle runs of other tests leave them on
+    runner = logging.getLogger("monai.bundle.scripts")
+    collect = _Collect()
+    runner.addHandler(collect)
+    try:
+        run(config_file=str(config), **override)
+    finally:
+        runner.removeHandler(collect)
+        _untidy()
+    return collect.messages
+
+
+@pytest.mark.filterwarnings("ignore:parsing config_file")
+def test_the_bundle_runner_skips_an_empty_input_summary_and_keeps_one_of_overrides(tmp_path):
+    tidy = ["$import monai_ext", "$monai_ext.bundle.logs.tidy_engine_logs()"]
+    header = "--- input summary of monai.bundle.scripts.run ---"
+    assert _runner_summary(tmp_path, initialize=[]) == [header, "---\n\n"]
+    assert _runner_summary(tmp_path, initialize=tidy) == []
+    assert _runner_summary(tmp_path, initialize=tidy, max_epochs=1) == [header, "> max_epochs: 1", "---\n\n"]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ignite.handlers import ProgressBar
+from monai.apps.utils import get_logger
 from monai.handlers import MetricsSaver, StatsHandler
 from monai.utils import is_scalar
 
@@ -19,6 +20,7 @@ __all__ = [
     "ClassNamedMetricsSaver",
     "EvaluationStatsHandler",
     "LossProgressBar",
+    "SkipEmptyInputSummary",
     "TidyEngineRecords",
     "image_meta",
     "loss_value",
@@ -171,14 +173,60 @@ class TidyEngineRecords(logging.Filter):
         return True
 
 
+class SkipEmptyInputSummary(logging.Filter):
+    """Drops the input summary that ``python -m monai.bundle run`` logs when it has nothing to list.
+
+    After a workflow's ``initialize``, MONAI's runner logs ``--- input summary of monai.bundle.scripts.run ---``,
+    one ``> NAME: VALUE`` line per argument left after the config file, and ``---``. Run without overrides, that is
+    a header and a closer around nothing. This filter, on the runner's logger, holds each header back until the next
+    record: a closer drops both, anything else lets the header through first, so a summary of overrides is kept.
+
+    Args:
+        logger: the logger whose records it filters (MONAI's ``monai.bundle.scripts``).
+    """
+
+    _HEADER = re.compile(r"--- input summary of monai\.bundle\.scripts\.\w+ ---")
+    _CLOSER = "---\n\n"
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self.logger = logger
+        self.held: logging.LogRecord | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        held, self.held = self.held, None
+        if self._HEADER.fullmatch(message):
+            self.held = record
+            return False
+        if held is not None and message == self._CLOSER:
+            return False
+        if held is not None:
+            self.logger.callHandlers(held)
+        return True
+
+
+_BUNDLE_RUNNER_LOGGER = "monai.bundle.scripts"
+_STATS_HANDLER_LOGGER = "monai.handlers.StatsHandler"
+
+
 def tidy_engine_logs() -> None:
     """Put :class:`TidyEngineRecords` on every handler set up so far: the root logger's (from the bundle's
     ``logging.conf``), where the engines' records arrive, and those of loggers that keep their own, such as MONAI's
-    ``monai.handlers.StatsHandler``. Call it from a config's ``initialize``."""
+    ``monai.handlers.StatsHandler``; and :class:`SkipEmptyInputSummary` on MONAI's bundle runner, which logs after
+    ``initialize``. Call it from a config's ``initialize``.
+
+    A config's handlers are built after ``initialize``, and MONAI's ``StatsHandler`` gives its logger a handler of
+    its own when it is built first. So this sets that logger up now, as MONAI would, for its handler to be tidied.
+    """
+    get_logger(_STATS_HANDLER_LOGGER)
     loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.Logger.manager.loggerDict))]
     for handler in {handler for logger in loggers for handler in logger.handlers}:
         if not any(isinstance(f, TidyEngineRecords) for f in handler.filters):
             handler.addFilter(TidyEngineRecords())
+    runner = logging.getLogger(_BUNDLE_RUNNER_LOGGER)
+    if not any(isinstance(f, SkipEmptyInputSummary) for f in runner.filters):
+        runner.addFilter(SkipEmptyInputSummary(runner))
 
 
 class ClassNamedMetricsSaver(MetricsSaver):
