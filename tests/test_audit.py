@@ -113,6 +113,7 @@ DANGEROUS = {
     "target_beyond": ({"_target_": "sklearn.svm.SVC"}, "sklearn.svm.SVC lies outside the importable packages"),
     "outside_macro": ("%../../elsewhere/configs/x.json#roi", "pulls config from '../../elsewhere/configs/x.json'"),
     "debugger": ({"_target_": "torch.nn.Identity", "_mode_": "debug"}, "'debug' opens a debugger"),
+    "partial_mode": ({"_target_": "torch.nn.Identity", "_mode_": "partial"}, "_mode_ 'partial' is refused"),
     "target_short_builtin": ({"_target_": "eval", "source": "1"}, "short _target_ 'eval' is no MONAI component"),
     "target_short_ambiguous": ({"_target_": "SABlock", "hidden_size": 8, "num_heads": 2}, "'SABlock' is ambiguous"),
 }
@@ -215,6 +216,7 @@ GROUPS = {
     "unhashed_load": "checkpoints",
     "network_socket": "uncontained",
     "debugger::_target_": "uncontained",
+    "partial_mode::_target_": "untyped",  # refused, and contained: its reason names the debugger mode, it is not one
     "[handler_remote] class": "uncontained",
     "[handler_file] args": "writes",
     "ckpt": "checkpoints",

@@ -322,14 +322,13 @@ def audit_logging_conf(path: Path, source: str) -> list[AuditItem]:
             shown = raw if raw == value else f"{raw} -> {value}"
             if option == "class":
                 known = KNOWN_HANDLERS if handler else KNOWN_FORMATTERS
-                flags = (
-                    []
-                    if value.removeprefix("logging.") in known
-                    else [
-                        f"class {value!r} is not one of the accepted {'handlers' if handler else 'formatters'} "
-                        f"({', '.join(sorted(known))})"
-                    ]  # fmt: skip
-                )
+                if value.removeprefix("logging.") not in known:
+                    flag = (f"class {value!r} is not one of the accepted {'handlers' if handler else 'formatters'} "
+                            f"({', '.join(sorted(known))})")  # fmt: skip
+                    item = AuditItem(source, f"[{section}] {option}", "logging", shown, (flag,))
+                    items.append(_replace(item, group="uncontained", detail=UNCONTAINED_HANDLER) if handler else item)
+                    continue
+                flags = []
             else:
                 flags = _logging_literal_flags(value, option)
                 handler_class = parser.get(section, "class", fallback="").removeprefix("logging.")
@@ -486,6 +485,8 @@ def _component_item(source: str, key: str, node: dict, types: _ConfigTypes, path
         return _replace(AuditItem(source, key, "_target_", str(target), tuple(flags), resolved),
                         group="checkpoints", detail=_where(loaded), paths=_known_paths([loaded]))  # fmt: skip
     item = AuditItem(source, key, "_target_", str(target), tuple(flags), resolved)
+    if node.get("_mode_") == "debug" or "_debug_" in node:
+        return _replace(item, group="uncontained", detail=UNCONTAINED_DEBUGGER)
     return _grouped(item, names, writes)
 
 
@@ -499,12 +500,13 @@ CHECKPOINT_LOADERS = {
     "monai_ext.sharing.checkpoint.load_checkpoint": "path",
 }
 # Not covered by the kernel's rules: Landlock restricts TCP but not UDP, and a debugger reads the user's terminal.
-UNCONTAINED_MARKERS = {
-    "socket": "UDP is not restricted by Landlock: a socket can send data off the machine",
-    "debugger": "a debugger stops the run and takes commands from the terminal of whoever runs it",
-    "not one of the accepted handlers": "a logging handler of another class may send records over UDP "
-    "(DatagramHandler, SysLogHandler), which Landlock does not restrict",
-}
+# Each is decided from the config itself, where the audit finds it, not from the wording of the allow-list's reasons.
+UNCONTAINED_SOCKET = "UDP is not restricted by Landlock: a socket can send data off the machine"
+UNCONTAINED_DEBUGGER = "a debugger stops the run and takes commands from the terminal of whoever runs it"
+UNCONTAINED_HANDLER = (
+    "a logging handler of another class may send records over UDP (DatagramHandler, SysLogHandler), which Landlock "
+    "does not restrict"
+)
 GROUPS = {
     "code": ("Runs the bundle's own code", "needs review: it runs confined, but what it computes is only known by "
              "reading it"),
@@ -535,9 +537,8 @@ def _grouped(
     """The item with the group a reviewer finds it in (empty: allowed and nothing to report) and its detail."""
     if item.group:
         return item
-    for marker, why in UNCONTAINED_MARKERS.items():
-        if any(marker in flag for flag in item.flags) or (marker == "socket" and re.search(r"\bsocket\b", item.text)):
-            return _replace(item, group="uncontained", detail=why)
+    if re.search(r"\bsocket\b", item.text) or any(name.split(".")[0] in ("socket", "_socket") for name in names):
+        return _replace(item, group="uncontained", detail=UNCONTAINED_SOCKET)
     if _own_code(item):
         return _replace(item, group="code", detail=item.resolved or item.text)
     loaders = [name for name in names if name in CHECKPOINT_LOADERS]
