@@ -207,7 +207,7 @@ def test_every_dangerous_expression_is_flagged_naming_file_and_key(doctored_bund
     assert flags[("configs/train.json", "network_def::_target_")] == ""
 
 
-# key -> the group a reviewer finds it in: what the sandbox contains, and what it does not (UDP, a debugger)
+# key -> the group a reviewer finds it in: what the sandbox contains, and what it does not (sockets, a debugger)
 GROUPS = {
     "shell": "untyped",
     "write_absolute": "untyped",

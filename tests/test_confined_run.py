@@ -307,6 +307,28 @@ def test_no_tcp_connection_reaches_a_listening_server(tmp_path):
     assert accepted == []
 
 
+def test_a_udp_datagram_leaves_an_unconfined_run_and_none_leaves_a_confined_one(tmp_path, monkeypatch, capfd):
+    from monai_ext.sharing.safe_run import run_bundle
+
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(5)
+    send = f"$__import__('socket').socket(2, 2).sendto(b'lab data', ('127.0.0.1', {receiver.getsockname()[1]}))"
+    unconfined = _bundle(tmp_path / "unconfined", [send])
+    monkeypatch.chdir(unconfined)
+    run_bundle(unconfined, logging_file=False, advisory=True)
+    assert receiver.recv(64) == b"lab data"
+
+    monkeypatch.chdir(tmp_path)
+    code = confined.run_confined(_bundle(tmp_path / "confined", [send]), None, None, None, (), {})
+    err = capfd.readouterr().err
+    assert code != 0 and "no sockets but UNIX ones (seccomp)" in err and "PermissionError: [Errno 13]" in err
+    receiver.settimeout(1)
+    with pytest.raises(TimeoutError):
+        receiver.recv(64)
+    receiver.close()
+
+
 def test_an_output_folder_linked_out_of_the_bundle_is_refused(tmp_path, outside):
     bundle = _bundle(tmp_path / "bundle", ["$None"])
     os.symlink(outside, bundle / "eval")

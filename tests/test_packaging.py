@@ -353,21 +353,21 @@ def test_findings_are_installed_only_when_accepted_by_name(bundle, tmp_path, cap
         entries[PACKAGE_MANIFEST] = json.dumps(manifest, indent=1).encode()
 
     _rewrite(tmp_path / "flagged.zip", add_itk)
-    # the payload runs confined under `monai_ext run`: reported, not refused; itk.py and the UDP-capable logging
-    # handler need a reviewer's word
+    # the payload runs confined under `monai_ext run`: reported, not refused; itk.py and a logging handler that
+    # writes to a local service need a reviewer's word
     conf = (bundle / "configs" / "logging.conf").read_text() if (bundle / "configs" / "logging.conf").exists() else ""
-    names = ["configs/logging.conf:[handler_udp] class", "itk.py:itk"]
+    names = ["configs/logging.conf:[handler_syslog] class", "itk.py:itk"]
 
-    def add_udp_handler(entries):
+    def add_syslog_handler(entries):
         manifest = json.loads(entries[PACKAGE_MANIFEST])
-        text = entries["configs/logging.conf"].decode().replace("keys=consoleHandler", "keys=consoleHandler,udp")
+        text = entries["configs/logging.conf"].decode().replace("keys=consoleHandler", "keys=consoleHandler,syslog")
         entries["configs/logging.conf"] = (
-            text + "\n[handler_udp]\nclass=handlers.DatagramHandler\nargs=('h', 9)\n"
+            text + "\n[handler_syslog]\nclass=handlers.SysLogHandler\nargs=('/dev/log',)\n"
         ).encode()
         manifest["files"]["configs/logging.conf"] = hashlib.sha256(entries["configs/logging.conf"]).hexdigest()
         entries[PACKAGE_MANIFEST] = json.dumps(manifest, indent=1).encode()
 
-    _rewrite(tmp_path / "flagged.zip", add_udp_handler)
+    _rewrite(tmp_path / "flagged.zip", add_syslog_handler)
     assert conf, "the bundle ships a logging.conf"
 
     for accepted in ((), names[:1]):

@@ -499,12 +499,15 @@ CHECKPOINT_LOADERS = {
     CHECKED_LOADER: "load_path",
     "monai_ext.sharing.checkpoint.load_checkpoint": "path",
 }
-# Not covered by the kernel's rules: Landlock restricts TCP but not UDP, and a debugger reads the user's terminal.
-# Each is decided from the config itself, where the audit finds it, not from the wording of the allow-list's reasons.
-UNCONTAINED_SOCKET = "UDP is not restricted by Landlock: a socket can send data off the machine"
+# Not covered by the kernel's rules: a UNIX socket may connect to a local service's named socket (Landlock before ABI
+# 8 and seccomp do not see the path), and a debugger reads the user's terminal. Each is decided from the config
+# itself, where the audit finds it, not from the wording of the allow-list's reasons.
+UNCONTAINED_SOCKET = (
+    "a UNIX socket can reach a local service (/run/docker.sock, an ssh-agent), which the sandbox does not restrict"
+)
 UNCONTAINED_DEBUGGER = "a debugger stops the run and takes commands from the terminal of whoever runs it"
 UNCONTAINED_HANDLER = (
-    "a logging handler of another class may send records over UDP (DatagramHandler, SysLogHandler), which Landlock "
+    "a logging handler of another class may write to a local service (SysLogHandler to /dev/log), which the sandbox "
     "does not restrict"
 )
 GROUPS = {

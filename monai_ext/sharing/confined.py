@@ -2,9 +2,10 @@
 
 ``monai_ext run`` (:func:`monai_ext.sharing.safe_run.run`) calls :func:`run_confined`: it decides what the run may
 read and write, creates the bundle's output folders and a private temporary folder, and starts
-``python -I -B -c BOOTSTRAP SPEC``. The bootstrap loads :mod:`monai_ext.sharing.landlock` by file path (so nothing but
-the standard library is imported), restricts itself, logs what is in force, and only then imports monai_ext and runs
-the workflow. Everything the workflow evaluates, the bundle's own Python files included, runs under these rules:
+``python -I -B -c BOOTSTRAP SPEC``. The bootstrap loads :mod:`monai_ext.sharing.landlock` and
+:mod:`monai_ext.sharing.seccomp` by file path (so nothing but the standard library is imported), restricts itself,
+logs what is in force, and only then imports monai_ext and runs the workflow. Everything the workflow evaluates,
+the bundle's own Python files included, runs under these rules:
 
 - read: the Python environment, system libraries and settings (``/usr``, ``/lib*``, a few ``/etc`` files without
   secrets, ``/proc``, ``/sys``), the bundle, and the folders named on the command line;
@@ -15,7 +16,9 @@ the workflow. Everything the workflow evaluates, the bundle's own Python files i
   shared-memory folder where Python's multiprocessing locks (MONAI's CacheDataset takes one even without workers)
   and PyTorch's shared tensors live, which a bundle can therefore leave files in until the next reboot; and the
   ``/dev/nvidia*`` device files, where a GPU driver has them;
-- no ``execve`` (no shell, no subprocess), no TCP, no signals to outside processes (see the Landlock module).
+- no ``execve`` (no shell, no subprocess), no TCP, no signals to outside processes (see the Landlock module);
+- no socket but UNIX ones: no UDP, raw or packet sockets, no io_uring (see the seccomp module). A UNIX socket may
+  still connect to a local service's named socket, which neither Landlock nor seccomp can refuse.
 
 The run's working directory is the bundle root, as the Model Zoo's commands assume (``"bundle_root": "."``, macros
 like ``%configs/train.json#x``); it is readable, not writable. An output folder that is a link leading out of the
@@ -48,12 +51,19 @@ _SYSTEM_READABLE = (
 _BOOTSTRAP = """
 import importlib.util, json, sys
 spec = json.loads(sys.argv[1])
-loader = importlib.util.spec_from_file_location("_monai_ext_landlock", spec["landlock"])
-landlock = importlib.util.module_from_spec(loader)
-sys.modules[loader.name] = landlock
-loader.loader.exec_module(landlock)
+def load(name):
+    loader = importlib.util.spec_from_file_location("_monai_ext_" + name, spec[name])
+    module = sys.modules[loader.name] = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    return module
+landlock, seccomp = load("landlock"), load("seccomp")
 protections = landlock.restrict(spec["readable"], spec["writable"])
-print("monai_ext run: confined by the kernel.", *protections.describe(), sep="\\n  ", file=sys.stderr, flush=True)
+try:
+    sockets = seccomp.deny_network_sockets()
+except seccomp.SeccompUnavailableError as err:
+    sockets = f"UDP and other sockets not restricted: {err}"
+print("monai_ext run: confined by the kernel.", *protections.describe(), sockets, sep="\\n  ", file=sys.stderr,
+      flush=True)
 from monai_ext.sharing.safe_run import run_from_child
 sys.exit(run_from_child(spec))
 """
@@ -138,7 +148,7 @@ def run_confined(
         ConfinementError: as :func:`sandbox_paths`.
         monai_ext.sharing.landlock.LandlockUnavailableError: the kernel cannot confine (checked before anything starts).
     """
-    from monai_ext.sharing import landlock
+    from monai_ext.sharing import landlock, seccomp
     from monai_ext.sharing.audit import audit_bundle, write_folders
 
     landlock.abi_version()
@@ -149,6 +159,7 @@ def run_confined(
         readable, writable = sandbox_paths(bundle_root, overrides, private_tmp, output_folders)
         spec = {
             "landlock": landlock.__file__,
+            "seccomp": seccomp.__file__,
             "readable": readable,
             "writable": writable,
             "bundle_root": str(Path(bundle_root).resolve()),
