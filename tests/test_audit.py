@@ -73,6 +73,10 @@ DANGEROUS = {
     "execute": ("$exec('x = 1')", "exec: builtins.exec is not an allowed builtin"),
     "dynamic_import": ("$__import__('os').getcwd()", "__import__: names starting with _ are refused"),
     "network_socket": ("$socket.create_connection(('example.org', 80))", "socket: not defined by any import"),
+    "local_service": (
+        "$multiprocessing.connection.Client('/run/docker.sock')",
+        "multiprocessing: not defined by any import",
+    ),
     "network_url": ("$urllib.request.urlopen('http://example.org')", "urllib: not defined by any import"),
     "download": (
         "$monai.apps.download_url('http://example.org/w.pt', 'w.pt')",
@@ -215,6 +219,7 @@ GROUPS = {
     "unsafe_load": "checkpoints",
     "unhashed_load": "checkpoints",
     "network_socket": "uncontained",
+    "local_service": "uncontained",
     "debugger::_target_": "uncontained",
     "partial_mode::_target_": "untyped",  # refused, and contained: its reason names the debugger mode, it is not one
     "[handler_remote] class": "uncontained",
@@ -229,16 +234,16 @@ def test_findings_are_grouped_for_a_reviewer_and_say_what_the_sandbox_contains(d
     groups = {item.key: item.group for item in items}
     assert {key: groups[key] for key in GROUPS} == GROUPS
     assert {item.key for item in items if not item.contained} == {
-        "network_socket", "debugger::_target_", "[handler_remote] class", "imports::4"
-    }, "the socket import, the socket expression, the debugger and the socket handler"  # fmt: skip
+        "network_socket", "local_service", "debugger::_target_", "[handler_remote] class", "imports::4"
+    }, "the socket import and expression, multiprocessing's Client, the debugger and the socket handler"  # fmt: skip
     report = format_report(items)
     lines = report.splitlines()
-    assert "Not contained by the sandbox (4) [needs review: --strict fails on these]" in lines
+    assert "Not contained by the sandbox (5) [needs review: --strict fails on these]" in lines
     assert "  configs/train.json: shell: $os.system('touch EXECUTED')" in lines
     assert "      why: os.system: posix.system is not on the allow-list" in lines
     write_parent = lines.index("  configs/train.json: write_parent: $os.makedirs('../../outside')")
     assert lines[write_parent + 1] == "      ../../outside (outside the bundle: the sandbox refuses it)"
-    assert lines[-1].endswith("need review (0 the bundle's own code, 4 not contained by the sandbox)")
+    assert lines[-1].endswith("need review (0 the bundle's own code, 5 not contained by the sandbox)")
 
 
 def test_strict_fails_only_on_what_the_sandbox_does_not_contain(clean_bundle, doctored_bundle, tmp_path, capsys):
@@ -263,7 +268,7 @@ def test_cli_strict_fails_on_flags_and_executes_nothing(doctored_bundle, tmp_pat
     strict = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
     assert strict.returncode == 1
     assert "      why: os.system: posix.system is not on the allow-list" in strict.stdout
-    assert "Not contained by the sandbox (4)" in strict.stdout
+    assert "Not contained by the sandbox (5)" in strict.stdout
     assert not (tmp_path / "EXECUTED").exists()
 
 
@@ -376,3 +381,11 @@ def test_the_bundles_own_modules_that_imports_could_reach_are_reported(tmp_path)
     ]
     assert "no installed module of that name, so MONAI's lazy import of it would load this file" in flagged["itk"]
     assert "an installed module of that name is at" in flagged["numpy"] and flagged["numpy"].endswith("needs review")
+
+
+def test_torch_multiprocessing_is_not_taken_for_a_socket_while_multiprocessing_is(tmp_path):
+    train = json.loads(json.dumps(TRAIN))
+    train["sharing"] = "$torch.multiprocessing.set_sharing_strategy('file_system')"
+    train["listener"] = "$multiprocessing.connection.Listener('/tmp/lab.sock')"
+    groups = {item.key: item.group for item in audit_bundle(_make_bundle(tmp_path / "b", train))}
+    assert groups["sharing"] != "uncontained" and groups["listener"] == "uncontained"

@@ -505,6 +505,9 @@ CHECKPOINT_LOADERS = {
 UNCONTAINED_SOCKET = (
     "a UNIX socket can reach a local service (/run/docker.sock, an ssh-agent), which the sandbox does not restrict"
 )
+# what can open a UNIX socket by path: the socket module, multiprocessing's Client and managers (not torch's
+# sharing-strategy wrapper), asyncio, syslog
+_SOCKET_USE = re.compile(r"\b_?socket\b|(?<!torch\.)\bmultiprocessing\b|\basyncio\b|\bSysLogHandler\b")
 UNCONTAINED_DEBUGGER = "a debugger stops the run and takes commands from the terminal of whoever runs it"
 UNCONTAINED_HANDLER = (
     "a logging handler of another class may write to a local service (SysLogHandler to /dev/log), which the sandbox "
@@ -540,7 +543,7 @@ def _grouped(
     """The item with the group a reviewer finds it in (empty: allowed and nothing to report) and its detail."""
     if item.group:
         return item
-    if re.search(r"\bsocket\b", item.text) or any(name.split(".")[0] in ("socket", "_socket") for name in names):
+    if _SOCKET_USE.search(item.text) or any(_SOCKET_USE.match(name) for name in names):
         return _replace(item, group="uncontained", detail=UNCONTAINED_SOCKET)
     if _own_code(item):
         return _replace(item, group="code", detail=item.resolved or item.text)
