@@ -266,21 +266,76 @@ def test_each_payload_works_when_nothing_confines_it(name, tmp_path, outside, mo
     assert UNCONFINED_EFFECT[name] in [p.name for p in outside.iterdir()]
 
 
-@pytest.mark.parametrize("name", list(_payloads(Path("OUT"))))
-def test_a_payload_leaves_nothing_outside_and_starts_no_program(name, tmp_path, outside, monkeypatch, capfd):
-    payload = _payloads(outside)[name]
-    bundle = _bundle(
-        tmp_path / "bundle", payload["run"], payload.get("files"), payload.get("logging_conf"), payload.get("config")
-    )
-    if "npy_payload" in payload:
-        np.save(bundle / "payload.npy", np.array([_RunsCommand(payload["npy_payload"])], dtype=object))
-    invoking = tmp_path / "cwd"
+# replaces the bootstrap's last line: one fork per payload bundle, each running it as the confined child would
+_FORK_EACH_RUN = """
+import os, traceback
+codes = {}
+for name, run in spec["runs"].items():
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.chdir(run["bundle_root"])
+            code = run_from_child(run)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    codes[name] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+print(json.dumps(codes))
+"""
+
+
+@pytest.fixture(scope="module")
+def payloads_run_confined(tmp_path_factory):
+    """Every payload, each in its own bundle with its own folder outside, run confined by ``monai_ext run``'s own
+    bootstrap. It confines one process, which forks a run per bundle: the kernel's rules pass to every fork, and torch
+    and MONAI are imported once instead of once per payload (about 5 s each). The rules are the union of what each
+    bundle's run may read and write; no payload's outside folder is among them."""
+    from monai_ext.sharing import seccomp
+    from monai_ext.sharing.audit import audit_bundle, write_folders
+
+    root = tmp_path_factory.mktemp("payloads")
+    private, invoking = root / "private", root / "cwd"
+    private.mkdir()
     invoking.mkdir()
-    monkeypatch.chdir(invoking)
-    # the confined child exactly as `monai_ext run BUNDLE` starts it, without a second process to parse the command
-    confined.run_confined(bundle, None, None, None, (), {})
-    assert f"monai_ext run: confined by the kernel.\n  Landlock ABI {ABI}" in capfd.readouterr().err
-    _outside_is_untouched(outside, ["kept.txt"])
+    readable, writable, runs, outsides = {}, {}, {}, {}
+    for number, name in enumerate(_payloads(Path("OUT"))):
+        outsides[name] = root / str(number) / "outside"
+        outsides[name].mkdir(parents=True)
+        (outsides[name] / "kept.txt").write_text("the lab's file")
+        payload = _payloads(outsides[name])[name]
+        bundle = _bundle(root / str(number) / "bundle", payload["run"], payload.get("files"),
+                         payload.get("logging_conf"), payload.get("config"))  # fmt: skip
+        if "npy_payload" in payload:
+            np.save(bundle / "payload.npy", np.array([_RunsCommand(payload["npy_payload"])], dtype=object))
+        may_read, may_write = confined.sandbox_paths(bundle, {}, private, write_folders(audit_bundle(bundle)))
+        readable.update(dict.fromkeys(may_read))
+        writable.update(dict.fromkeys(may_write))
+        runs[name] = {"bundle_root": str(bundle.resolve()), "config_file": None, "meta_file": None,
+                      "logging_file": None, "allow": [], "overrides": {}}  # fmt: skip
+    harness = confined._BOOTSTRAP.replace("sys.exit(run_from_child(spec))", _FORK_EACH_RUN)
+    assert harness != confined._BOOTSTRAP, "the bootstrap no longer ends as this harness expects"
+    spec = {"landlock": landlock.__file__, "seccomp": seccomp.__file__, "readable": list(readable),
+            "writable": list(writable), "runs": runs}  # fmt: skip
+    command = [sys.executable, "-I", "-B", "-c", harness, json.dumps(spec)]
+    environment = confined._child_environment(str(private))
+    done = subprocess.run(command, cwd=invoking, env=environment, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr, outsides, invoking
+
+
+@pytest.mark.parametrize("name", list(_payloads(Path("OUT"))))
+def test_a_payload_leaves_nothing_outside_and_starts_no_program(name, payloads_run_confined):
+    codes, err, outsides, invoking = payloads_run_confined
+    assert f"monai_ext run: confined by the kernel.\n  Landlock ABI {ABI}" in err
+    assert "no sockets but UNIX ones (seccomp)" in err
+    assert name in codes, "the payload ran in a fork of the confined process"
+    _outside_is_untouched(outsides[name], ["kept.txt"])
     assert list(invoking.iterdir()) == [], "nothing may be written to the working directory"
 
 
