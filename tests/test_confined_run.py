@@ -1,8 +1,9 @@
 """``monai_ext run`` confined by the kernel: what a received bundle's payload can no longer do, whatever it evaluates.
 
-Each payload runs through the real command line. Whether the allow-list refuses it or it runs, nothing may appear
-outside the allowed folders and no program may start (each payload's program would create a file). Skipped where
-the kernel has no Landlock.
+Each payload runs in its own bundle under ``monai_ext run``'s own bootstrap, and a control runs it unconfined to show
+its effect. Whether the allow-list refuses it or it runs, nothing may appear outside the allowed folders, nor in
+the bundle root (the run's working directory), and no program may start (each payload's program would create a
+file). Skipped where the kernel has no Landlock.
 """
 
 import json
@@ -303,7 +304,7 @@ def payloads_run_confined(tmp_path_factory):
     private, invoking = root / "private", root / "cwd"
     private.mkdir()
     invoking.mkdir()
-    readable, writable, runs, outsides = {}, {}, {}, {}
+    readable, writable, runs, outsides, tops = {}, {}, {}, {}, {}
     for number, name in enumerate(_payloads(Path("OUT"))):
         outsides[name] = root / str(number) / "outside"
         outsides[name].mkdir(parents=True)
@@ -316,6 +317,7 @@ def payloads_run_confined(tmp_path_factory):
         may_read, may_write = confined.sandbox_paths(bundle, {}, private, write_folders(audit_bundle(bundle)))
         readable.update(dict.fromkeys(may_read))
         writable.update(dict.fromkeys(may_write))
+        tops[name] = sorted(p.name for p in bundle.iterdir())
         runs[name] = {"bundle_root": str(bundle.resolve()), "config_file": None, "meta_file": None,
                       "logging_file": None, "allow": [], "overrides": {}}  # fmt: skip
     harness = confined._BOOTSTRAP.replace("sys.exit(run_from_child(spec))", _FORK_EACH_RUN)
@@ -326,17 +328,19 @@ def payloads_run_confined(tmp_path_factory):
     environment = confined._child_environment(str(private))
     done = subprocess.run(command, cwd=invoking, env=environment, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr, outsides, invoking
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr, outsides, invoking, tops
 
 
 @pytest.mark.parametrize("name", list(_payloads(Path("OUT"))))
 def test_a_payload_leaves_nothing_outside_and_starts_no_program(name, payloads_run_confined):
-    codes, err, outsides, invoking = payloads_run_confined
+    codes, err, outsides, invoking, tops = payloads_run_confined
     assert f"monai_ext run: confined by the kernel.\n  Landlock ABI {ABI}" in err
     assert "no sockets but UNIX ones (seccomp)" in err
     assert name in codes, "the payload ran in a fork of the confined process"
     _outside_is_untouched(outsides[name], ["kept.txt"])
-    assert list(invoking.iterdir()) == [], "nothing may be written to the working directory"
+    assert list(invoking.iterdir()) == [], "nothing may be written to the invoking working directory"
+    bundle = outsides[name].parent / "bundle"
+    assert sorted(p.name for p in bundle.iterdir()) == tops[name], "the run's working directory, the bundle root"
 
 
 def test_no_tcp_connection_reaches_a_listening_server(tmp_path):
