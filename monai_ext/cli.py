@@ -57,7 +57,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "run": (
         "monai_ext.sharing.safe_run:run",
-        "Run a bundle from another lab, confined by the kernel (Landlock).",
+        "Run a bundle from another lab, confined by the kernel (Landlock and seccomp).",
     ),
     "keygen": (
         "monai_ext.sharing.signing:keygen",

@@ -1,9 +1,9 @@
 """``python -m monai_ext run BUNDLE_DIR``: run another lab's bundle confined by the kernel.
 
-The run happens in a child process that Landlock confines before it imports torch or monai
+The run happens in a child process that Landlock and a seccomp filter confine before it imports torch or monai
 (:mod:`monai_ext.sharing.confined`): whatever an item does, it cannot write outside the allowed folders, start a
-program or open a TCP connection. The kernel is the enforcement, because an in-process check of ``eval``'d Python
-can always be routed around.
+program, open a TCP connection or create any socket but a UNIX one. The kernel is the enforcement, because an
+in-process check of ``eval``'d Python can always be routed around.
 
 The workflows are those of ``python -m monai.bundle run`` (MONAI's ``ConfigWorkflow``: initialize, run, finalize),
 with MONAI's parser replaced by one whose items check themselves at the moment MONAI evaluates them: every ``$``
@@ -249,16 +249,16 @@ def run(
     unconfined: bool = False,
     **override: Any,
 ) -> str:
-    """Run a bundle from another lab, confined by the kernel (Landlock).
+    """Run a bundle from another lab, confined by the kernel (Landlock and seccomp).
 
     The workflow (as `python -m monai.bundle run` runs it, from the bundle folder) starts in a child process that the
     kernel confines first: it reads only the Python environment, system libraries, the bundle and folders you name;
     writes only the bundle's output folders (models/, eval/, outputs/, dataset/, logs/ and those its configs write
     to, never configs/, docs/ or scripts/), the output_dir/ckpt_dir/log_dir you give, and a private temporary folder
-    (its HOME); it cannot start programs or open TCP connections. The log says what is in force, and names every
-    config item that monai_ext's allow-list cannot vouch for (see `monai_ext audit`). Where the kernel cannot confine
-    (not Linux, Linux before 5.13, Landlock disabled), run refuses and says why, unless --unconfined is given; then
-    the allow-list refuses anything it cannot vouch for.
+    (its HOME); it cannot start programs, open TCP connections or send UDP. The log says what is in force, and
+    names every config item that monai_ext's allow-list cannot vouch for (see `monai_ext audit`). Where the kernel
+    cannot confine (not Linux, Linux before 5.13, Landlock disabled), run refuses and says why, unless --unconfined
+    is given; then the allow-list refuses anything it cannot vouch for.
 
     Examples:
 
