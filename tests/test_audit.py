@@ -117,6 +117,10 @@ DANGEROUS = {
     "target_beyond": ({"_target_": "sklearn.svm.SVC"}, "sklearn.svm.SVC lies outside the importable packages"),
     "outside_macro": ("%../../elsewhere/configs/x.json#roi", "pulls config from '../../elsewhere/configs/x.json'"),
     "debugger": ({"_target_": "torch.nn.Identity", "_mode_": "debug"}, "'debug' opens a debugger"),
+    "debugged_loader": (
+        {"_target_": "CheckpointLoader", "load_path": "m.pt", "load_dict": {}, "_mode_": "debug"},
+        "'debug' opens a debugger",
+    ),
     "partial_mode": ({"_target_": "torch.nn.Identity", "_mode_": "partial"}, "_mode_ 'partial' is refused"),
     "target_short_builtin": ({"_target_": "eval", "source": "1"}, "short _target_ 'eval' is no MONAI component"),
     "target_short_ambiguous": ({"_target_": "SABlock", "hidden_size": 8, "num_heads": 2}, "'SABlock' is ambiguous"),
@@ -221,6 +225,7 @@ GROUPS = {
     "network_socket": "uncontained",
     "local_service": "uncontained",
     "debugger::_target_": "uncontained",
+    "debugged_loader::_target_": "uncontained",  # a debugger before a checkpoint load
     "partial_mode::_target_": "untyped",  # refused, and contained: its reason names the debugger mode, it is not one
     "[handler_remote] class": "uncontained",
     "[handler_file] args": "writes",
@@ -234,16 +239,17 @@ def test_findings_are_grouped_for_a_reviewer_and_say_what_the_sandbox_contains(d
     groups = {item.key: item.group for item in items}
     assert {key: groups[key] for key in GROUPS} == GROUPS
     assert {item.key for item in items if not item.contained} == {
-        "network_socket", "local_service", "debugger::_target_", "[handler_remote] class", "imports::4"
-    }, "the socket import and expression, multiprocessing's Client, the debugger and the socket handler"  # fmt: skip
+        "network_socket", "local_service", "debugger::_target_", "debugged_loader::_target_",
+        "[handler_remote] class", "imports::4",
+    }, "the socket import and expression, multiprocessing's Client, two debuggers and the socket handler"  # fmt: skip
     report = format_report(items)
     lines = report.splitlines()
-    assert "Not contained by the sandbox (5) [needs review: --strict fails on these]" in lines
+    assert "Not contained by the sandbox (6) [needs review: --strict fails on these]" in lines
     assert "  configs/train.json: shell: $os.system('touch EXECUTED')" in lines
     assert "      why: os.system: posix.system is not on the allow-list" in lines
     write_parent = lines.index("  configs/train.json: write_parent: $os.makedirs('../../outside')")
     assert lines[write_parent + 1] == "      ../../outside (outside the bundle: the sandbox refuses it)"
-    assert lines[-1].endswith("need review (0 the bundle's own code, 5 not contained by the sandbox)")
+    assert lines[-1].endswith("need review (0 the bundle's own code, 6 not contained by the sandbox)")
 
 
 def test_strict_fails_only_on_what_the_sandbox_does_not_contain(clean_bundle, doctored_bundle, tmp_path, capsys):
@@ -268,7 +274,7 @@ def test_cli_strict_fails_on_flags_and_executes_nothing(doctored_bundle, tmp_pat
     strict = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
     assert strict.returncode == 1
     assert "      why: os.system: posix.system is not on the allow-list" in strict.stdout
-    assert "Not contained by the sandbox (5)" in strict.stdout
+    assert "Not contained by the sandbox (6)" in strict.stdout
     assert not (tmp_path / "EXECUTED").exists()
 
 

@@ -479,14 +479,13 @@ def _component_item(source: str, key: str, node: dict, types: _ConfigTypes, path
         names, writes = check.names, check.writes
     if resolved in WRITERS and WRITERS[resolved][0] in node:
         writes = [(resolved, types.value_of(node[WRITERS[resolved][0]], path))]
-    if resolved in CHECKPOINT_LOADERS:
-        argument = CHECKPOINT_LOADERS[resolved]
-        loaded = types.value_of(node[argument], path) if argument in node else UNKNOWN
-        return _replace(AuditItem(source, key, "_target_", str(target), tuple(flags), resolved),
-                        group="checkpoints", detail=_where(loaded), paths=_known_paths([loaded]))  # fmt: skip
     item = AuditItem(source, key, "_target_", str(target), tuple(flags), resolved)
     if node.get("_mode_") == "debug" or "_debug_" in node:
         return _replace(item, group="uncontained", detail=UNCONTAINED_DEBUGGER)
+    if resolved in CHECKPOINT_LOADERS:
+        argument = CHECKPOINT_LOADERS[resolved]
+        loaded = types.value_of(node[argument], path) if argument in node else UNKNOWN
+        return _replace(item, group="checkpoints", detail=_where(loaded), paths=_known_paths([loaded]))
     return _grouped(item, names, writes)
 
 
