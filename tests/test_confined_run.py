@@ -388,6 +388,30 @@ def test_a_udp_datagram_leaves_an_unconfined_run_and_none_leaves_a_confined_one(
     receiver.close()
 
 
+def test_a_multipath_tcp_connection_which_landlock_lets_through_is_refused_by_the_filter(tmp_path, monkeypatch, capfd):
+    from monai_ext.sharing.safe_run import run_bundle
+
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262).close()
+    except OSError as err:
+        pytest.skip(f"this kernel has no Multipath TCP: {err}")
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(10)
+    mptcp = f"$__import__('socket').socket(2, 1, 262).connect(('127.0.0.1', {server.getsockname()[1]}))"
+    unconfined = _bundle(tmp_path / "unconfined", [mptcp])
+    monkeypatch.chdir(unconfined)
+    run_bundle(unconfined, logging_file=False, advisory=True)
+    server.accept()[0].close()
+
+    monkeypatch.chdir(tmp_path)
+    code = confined.run_confined(_bundle(tmp_path / "confined", [mptcp]), None, None, None, (), {})
+    assert code != 0 and "PermissionError: [Errno 13]" in capfd.readouterr().err
+    server.settimeout(1)
+    with pytest.raises(TimeoutError):
+        server.accept()
+    server.close()
+
+
 def test_an_output_folder_linked_out_of_the_bundle_is_refused(tmp_path, outside):
     bundle = _bundle(tmp_path / "bundle", ["$None"])
     os.symlink(outside, bundle / "eval")

@@ -14,6 +14,7 @@ if platform.system() != "Linux" or platform.machine() not in ("x86_64", "aarch64
     pytest.skip(f"no seccomp filter for {platform.system()} on {platform.machine()}", allow_module_level=True)
 
 IO_URING_SETUP = 425
+IPPROTO_MPTCP = 262
 
 
 def _in_filtered_child(probe):
@@ -32,9 +33,9 @@ def _in_filtered_child(probe):
         return f.read()
 
 
-def _socket_errno(family, kind):
+def _socket_errno(family, kind, protocol=0):
     try:
-        socket.socket(family, kind).close()
+        socket.socket(family, kind, protocol).close()
     except OSError as err:
         return err.errno
     return 0
@@ -54,6 +55,13 @@ def test_only_unix_sockets_can_be_created_after_the_filter_and_all_can_before():
     assert before == dict.fromkeys(families, 0)
     denied = errno.EACCES
     assert after == f"udp={denied},udp6={denied},tcp={denied},netlink={denied},unix=0,unix_datagram=0"
+
+
+def test_multipath_tcp_which_landlock_does_not_cover_is_refused_too():
+    # before the filter it depends on the kernel (MPTCP may be off); after it, the family alone decides
+    assert _in_filtered_child(lambda: str(_socket_errno(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP))) == str(
+        errno.EACCES
+    )
 
 
 def test_a_socket_pair_still_carries_data_and_io_uring_is_refused():

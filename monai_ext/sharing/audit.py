@@ -498,9 +498,9 @@ CHECKPOINT_LOADERS = {
     CHECKED_LOADER: "load_path",
     "monai_ext.sharing.checkpoint.load_checkpoint": "path",
 }
-# Not covered by the kernel's rules: a UNIX socket may connect to a local service's named socket (Landlock before ABI
-# 8 and seccomp do not see the path), and a debugger reads the user's terminal. Each is decided from the config
-# itself, where the audit finds it, not from the wording of the allow-list's reasons.
+# Not covered by the kernel's rules: a UNIX socket may connect to a local service's named socket (seccomp does not see
+# the path, and Landlock restricts it only from ABI 9 on), and a debugger reads the user's terminal. Each is decided
+# from the config itself, where the audit finds it, not from the wording of the allow-list's reasons.
 UNCONTAINED_SOCKET = (
     "a UNIX socket can reach a local service (/run/docker.sock, an ssh-agent), which the sandbox does not restrict"
 )

@@ -1,14 +1,15 @@
 """A seccomp filter that leaves a process only UNIX sockets (standard library only).
 
-Landlock (:mod:`monai_ext.sharing.landlock`) stops TCP, but not UDP, raw or packet sockets, nor sockets created
-through io_uring. This filter closes those: ``socket()`` of any family but ``AF_UNIX`` fails with ``EACCES``, and so
-does ``io_uring_setup``. UNIX sockets stay, because Python's multiprocessing and PyTorch's DataLoader workers pass
-tensors over them. The filter holds for the process and every process it forks, and nothing can remove it.
+Landlock (:mod:`monai_ext.sharing.landlock`) stops classic TCP, but not UDP, Multipath TCP, raw or packet sockets,
+nor sockets created through io_uring. This filter closes those: ``socket()`` of any family but ``AF_UNIX`` fails
+with ``EACCES``, whatever the protocol, and so does ``io_uring_setup``. UNIX sockets stay, because Python's
+multiprocessing and PyTorch's DataLoader workers pass tensors over them. The filter holds for the process and every
+process it forks, and nothing can remove it.
 
 What it cannot do: a UNIX socket may still connect to a named socket of a local service (``/run/docker.sock``, an
 ssh-agent) or send to one (``/dev/log``). Seccomp sees only the system call's numbers, never the path, and Landlock
-before ABI 8 does not restrict connecting to a named socket. :mod:`monai_ext.sharing.audit` therefore reports every
-use of sockets in a bundle's configs as not contained.
+restricts connecting to a named socket only from ABI 9 on (``LANDLOCK_ACCESS_FS_RESOLVE_UNIX``).
+:mod:`monai_ext.sharing.audit` therefore reports every use of sockets in a bundle's configs as not contained.
 
 Like the Landlock module, this one imports nothing outside the standard library, so the confined process applies it
 before it imports torch or monai.
@@ -96,4 +97,4 @@ def deny_network_sockets() -> str:
     if libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
         code = ctypes.get_errno()
         raise SeccompUnavailableError(code, f"the kernel refused the seccomp filter: {errno.errorcode.get(code, code)}")
-    return "no sockets but UNIX ones (seccomp): no UDP, raw or packet sockets, no io_uring"
+    return "no sockets but UNIX ones (seccomp): no UDP, Multipath TCP, raw or packet sockets, no io_uring"
