@@ -17,8 +17,9 @@ the bundle's own Python files included, runs under these rules:
   and PyTorch's shared tensors live, which a bundle can therefore leave files in until the next reboot; and the
   ``/dev/nvidia*`` device files, where a GPU driver has them;
 - no ``execve`` (no shell, no subprocess), no TCP, no signals to outside processes (see the Landlock module);
-- no socket but UNIX ones: no UDP, raw or packet sockets, no io_uring (see the seccomp module). A UNIX socket may
-  still connect to a local service's named socket, which neither Landlock nor seccomp can refuse.
+- no socket but UNIX ones: no UDP, Multipath TCP, raw or packet sockets, no io_uring (see the seccomp module). A
+  UNIX socket may still connect to a local service's named socket, which seccomp cannot see and Landlock restricts
+  only from ABI 9 on.
 
 The run's working directory is the bundle root, as the Model Zoo's commands assume (``"bundle_root": "."``, macros
 like ``%configs/train.json#x``); it is readable, not writable. An output folder that is a link leading out of the
