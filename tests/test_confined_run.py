@@ -229,6 +229,14 @@ def _payloads(outside):
     }
 
 
+def _payload_bundle(root, payload):
+    """A bundle carrying one payload of :func:`_payloads`, with its files, logging.conf and pickled array."""
+    bundle = _bundle(root, payload["run"], payload.get("files"), payload.get("logging_conf"), payload.get("config"))
+    if "npy_payload" in payload:
+        np.save(bundle / "payload.npy", np.array([_RunsCommand(payload["npy_payload"])], dtype=object))
+    return bundle
+
+
 # payload -> what it leaves outside when nothing confines it (the bundle's folder is the working directory)
 UNCONFINED_EFFECT = {
     "reader resolved by MONAI to os.system": "RAN",
@@ -258,9 +266,7 @@ def test_each_payload_works_when_nothing_confines_it(name, tmp_path, outside, mo
     from monai_ext.sharing.safe_run import run_bundle
 
     payload = _payloads(outside)[name]
-    bundle = _bundle(tmp_path / "bundle", payload["run"], payload.get("files"), None, payload.get("config"))
-    if "npy_payload" in payload:
-        np.save(bundle / "payload.npy", np.array([_RunsCommand(payload["npy_payload"])], dtype=object))
+    bundle = _payload_bundle(tmp_path / "bundle", payload)
     monkeypatch.chdir(bundle)
     monkeypatch.syspath_prepend(str(bundle))
     run_bundle(bundle, logging_file=False, advisory=True)
@@ -310,10 +316,7 @@ def payloads_run_confined(tmp_path_factory):
         outsides[name].mkdir(parents=True)
         (outsides[name] / "kept.txt").write_text("the lab's file")
         payload = _payloads(outsides[name])[name]
-        bundle = _bundle(root / str(number) / "bundle", payload["run"], payload.get("files"),
-                         payload.get("logging_conf"), payload.get("config"))  # fmt: skip
-        if "npy_payload" in payload:
-            np.save(bundle / "payload.npy", np.array([_RunsCommand(payload["npy_payload"])], dtype=object))
+        bundle = _payload_bundle(root / str(number) / "bundle", payload)
         may_read, may_write = confined.sandbox_paths(bundle, {}, private, write_folders(audit_bundle(bundle)))
         readable.update(dict.fromkeys(may_read))
         writable.update(dict.fromkeys(may_write))
@@ -366,50 +369,52 @@ def test_no_tcp_connection_reaches_a_listening_server(tmp_path):
     assert accepted == []
 
 
-def test_a_udp_datagram_leaves_an_unconfined_run_and_none_leaves_a_confined_one(tmp_path, monkeypatch, capfd):
+def _reaches_the_listener_only_unconfined(tmp_path, monkeypatch, capfd, payload, receive):
+    """Run a bundle whose ``run`` is ``payload`` unconfined, then confined. Return what ``receive(timeout)`` got from
+    the unconfined run, and check that the confined run was refused and nothing reached the listener from it."""
     from monai_ext.sharing.safe_run import run_bundle
 
-    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    receiver.bind(("127.0.0.1", 0))
-    receiver.settimeout(5)
-    send = f"$__import__('socket').socket(2, 2).sendto(b'lab data', ('127.0.0.1', {receiver.getsockname()[1]}))"
-    unconfined = _bundle(tmp_path / "unconfined", [send])
+    unconfined = _bundle(tmp_path / "unconfined", [payload])
     monkeypatch.chdir(unconfined)
     run_bundle(unconfined, logging_file=False, advisory=True)
-    assert receiver.recv(64) == b"lab data"
+    received = receive(5)
 
     monkeypatch.chdir(tmp_path)
-    code = confined.run_confined(_bundle(tmp_path / "confined", [send]), None, None, None, (), {})
+    code = confined.run_confined(_bundle(tmp_path / "confined", [payload]), None, None, None, (), {})
     err = capfd.readouterr().err
     assert code != 0 and "no sockets but UNIX ones (seccomp)" in err and "PermissionError: [Errno 13]" in err
-    receiver.settimeout(1)
     with pytest.raises(TimeoutError):
-        receiver.recv(64)
-    receiver.close()
+        receive(1)
+    return received
+
+
+def test_a_udp_datagram_leaves_an_unconfined_run_and_none_leaves_a_confined_one(tmp_path, monkeypatch, capfd):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(("127.0.0.1", 0))
+
+        def receive(timeout):
+            receiver.settimeout(timeout)
+            return receiver.recv(64)
+
+        send = f"$__import__('socket').socket(2, 2).sendto(b'lab data', ('127.0.0.1', {receiver.getsockname()[1]}))"
+        assert _reaches_the_listener_only_unconfined(tmp_path, monkeypatch, capfd, send, receive) == b"lab data"
 
 
 def test_a_multipath_tcp_connection_which_landlock_lets_through_is_refused_by_the_filter(tmp_path, monkeypatch, capfd):
-    from monai_ext.sharing.safe_run import run_bundle
-
     try:
         socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262).close()
     except OSError as err:
         pytest.skip(f"this kernel has no Multipath TCP: {err}")
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(10)
-    mptcp = f"$__import__('socket').socket(2, 1, 262).connect(('127.0.0.1', {server.getsockname()[1]}))"
-    unconfined = _bundle(tmp_path / "unconfined", [mptcp])
-    monkeypatch.chdir(unconfined)
-    run_bundle(unconfined, logging_file=False, advisory=True)
-    server.accept()[0].close()
+    with socket.create_server(("127.0.0.1", 0)) as server:
 
-    monkeypatch.chdir(tmp_path)
-    code = confined.run_confined(_bundle(tmp_path / "confined", [mptcp]), None, None, None, (), {})
-    assert code != 0 and "PermissionError: [Errno 13]" in capfd.readouterr().err
-    server.settimeout(1)
-    with pytest.raises(TimeoutError):
-        server.accept()
-    server.close()
+        def accept(timeout):
+            server.settimeout(timeout)
+            connection, _ = server.accept()
+            connection.close()
+            return "connected"
+
+        mptcp = f"$__import__('socket').socket(2, 1, 262).connect(('127.0.0.1', {server.getsockname()[1]}))"
+        assert _reaches_the_listener_only_unconfined(tmp_path, monkeypatch, capfd, mptcp, accept) == "connected"
 
 
 def test_an_output_folder_linked_out_of_the_bundle_is_refused(tmp_path, outside):
