@@ -16,7 +16,8 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 
-from monai_ext.legacy.attention_layout import convert_attention_layout, log_conversion
+from monai_ext.legacy.attention_layout import log_conversion
+from monai_ext.legacy.release_0_1 import convert_legacy_release
 
 __all__ = ["autoencoderkl_hints", "convert_autoencoderkl_state_dict"]
 
@@ -40,6 +41,7 @@ def convert_autoencoderkl_state_dict(
     proj_attn_applied: bool = False,
     verbose: bool = False,
     name: str | None = None,
+    legacy_version: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Return a state dict for ``model`` that reproduces a MONAI Generative Models ``AutoencoderKL`` checkpoint.
 
@@ -63,6 +65,9 @@ def convert_autoencoderkl_state_dict(
             ``include_fc=True``.
         verbose: log every renamed, split, merged and dropped key at INFO level (DEBUG otherwise).
         name: how to refer to the checkpoint in messages; defaults to its path, or "checkpoint".
+        legacy_version: the MONAI Generative Models version that wrote the checkpoint; None means 0.2.x. Release
+            0.1.0's attention was 1x1 convolutions ``q/k/v`` with an applied ``proj_out``, converted here too
+            (:mod:`monai_ext.legacy.release_0_1`).
 
     Returns:
         A new dict with exactly the keys of ``model.state_dict()``, ready for ``model.load_state_dict``. Tensors
@@ -73,6 +78,6 @@ def convert_autoencoderkl_state_dict(
         monai_ext.legacy.LegacyCheckpointError: the checkpoint does not fit ``model``; the message names every
             missing, unexpected and mis-shaped key, in MONAI's key names, and what to change.
     """
-    conversion = convert_attention_layout(old, model, proj_attn_applied, name, autoencoderkl_hints(model))
+    conversion = convert_legacy_release(old, model, legacy_version, proj_attn_applied, name, autoencoderkl_hints(model))
     log_conversion(conversion, "AutoencoderKL", verbose, logger)
     return conversion.state_dict

@@ -17,7 +17,8 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 
-from monai_ext.legacy.attention_layout import convert_attention_layout, log_conversion
+from monai_ext.legacy.attention_layout import log_conversion
+from monai_ext.legacy.release_0_1 import convert_legacy_release
 
 __all__ = ["convert_controlnet_state_dict", "convert_diffusion_unet_state_dict", "diffusion_hints"]
 
@@ -34,8 +35,8 @@ def diffusion_hints(model: nn.Module) -> list[str]:
     return [CROSS_ATTENTION_HINT]
 
 
-def _convert(old, model, proj_attn_applied, verbose, name, model_name):
-    conversion = convert_attention_layout(old, model, proj_attn_applied, name, diffusion_hints(model))
+def _convert(old, model, proj_attn_applied, verbose, name, model_name, legacy_version):
+    conversion = convert_legacy_release(old, model, legacy_version, proj_attn_applied, name, diffusion_hints(model))
     log_conversion(conversion, model_name, verbose, logger)
     return conversion.state_dict
 
@@ -46,6 +47,7 @@ def convert_diffusion_unet_state_dict(
     proj_attn_applied: bool = False,
     verbose: bool = False,
     name: str | None = None,
+    legacy_version: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Return a state dict for ``model`` that reproduces a MONAI Generative Models ``DiffusionModelUNet`` checkpoint.
 
@@ -68,6 +70,9 @@ def convert_diffusion_unet_state_dict(
             ``include_fc=True``.
         verbose: log every renamed, split, merged and dropped key at INFO level (DEBUG otherwise).
         name: how to refer to the checkpoint in messages; defaults to its path, or "checkpoint".
+        legacy_version: the MONAI Generative Models version that wrote the checkpoint; None means 0.2.x. Before
+            0.2.0 the self-attention applied ``proj_attn`` and cross-attention was unscaled, and keys had other names
+            (:mod:`monai_ext.legacy.release_0_1`); a checkpoint already in MONAI's format is taken as it is.
 
     Returns:
         A new dict with exactly the keys of ``model.state_dict()``, ready for ``model.load_state_dict``. Tensors
@@ -78,7 +83,7 @@ def convert_diffusion_unet_state_dict(
         monai_ext.legacy.LegacyCheckpointError: the checkpoint does not fit ``model``; the message names every
             missing, unexpected and mis-shaped key, in MONAI's key names, and what to change.
     """
-    return _convert(old, model, proj_attn_applied, verbose, name, "DiffusionModelUNet")
+    return _convert(old, model, proj_attn_applied, verbose, name, "DiffusionModelUNet", legacy_version)
 
 
 def convert_controlnet_state_dict(
@@ -87,6 +92,7 @@ def convert_controlnet_state_dict(
     proj_attn_applied: bool = False,
     verbose: bool = False,
     name: str | None = None,
+    legacy_version: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Return a state dict for ``model`` that reproduces a MONAI Generative Models ``ControlNet`` checkpoint.
 
@@ -94,4 +100,4 @@ def convert_controlnet_state_dict(
     ``num_channels`` is ``channels``) and any attention layout. The keys are converted as by
     :func:`convert_diffusion_unet_state_dict`, which documents the arguments, return value and errors.
     """
-    return _convert(old, model, proj_attn_applied, verbose, name, "ControlNet")
+    return _convert(old, model, proj_attn_applied, verbose, name, "ControlNet", legacy_version)
