@@ -11,7 +11,7 @@ import torch
 from monai.losses import PatchAdversarialLoss
 from monai.networks.nets import PatchDiscriminator
 
-from monai_ext.bundle import autoencoder, datalist, previews, synthetic
+from monai_ext.bundle import autoencoder, datalist, previews, standins, synthetic
 
 
 def _bundle_reporting_its_root(folder, bundle_root):
@@ -106,6 +106,21 @@ def _msd(tmp_path, n, validation=None, test=None, labels=None):
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "dataset.json").write_text(json.dumps(content))
     return tmp_path
+
+
+@pytest.mark.parametrize("task", list(standins.STANDINS))
+def test_monais_decathlon_dataset_reads_every_standin(task, tmp_path):
+    """MONAI's DecathlonDataset (which the Model Zoo's bundles use) needs every property key of the Decathlon's
+    dataset.json; a stand-in holding fewer stopped it with KeyError('key reference ...')."""
+    from monai.apps import DecathlonDataset
+
+    number = {"BrainTumour": 1, "Liver": 3, "Hippocampus": 4, "Prostate": 5, "Spleen": 9}[task]
+    folder = f"Task{number:02d}_{task}"
+    standins.write_standin(task, str(tmp_path / folder), num_training=5)
+    dataset = DecathlonDataset(str(tmp_path), task=folder, section="validation", download=False, cache_rate=0.0)
+    properties = dataset.get_properties(["reference", "licence", "numTraining"])
+    assert properties["numTraining"] == 5 and properties["licence"] == "CC-BY-SA 4.0"
+    assert len(dataset) == 1 and dataset.data[0]["image"].endswith(".nii.gz")
 
 
 def test_split_holds_out_every_fifth_case_from_the_end(tmp_path):

@@ -141,6 +141,10 @@ def write_standin(task: str, dataset_dir: str | os.PathLike, num_training: int =
     description = {
         "name": f"{task} stand-in",
         "description": f"Synthetic stand-in for the Decathlon's {task} task (monai_ext.bundle.standins)",
+        # every property key of the Decathlon's files, which MONAI's DecathlonDataset requires
+        "reference": "none: synthetic ellipsoids",
+        "licence": "CC-BY-SA 4.0",
+        "release": "1.0",
         "tensorImageSize": "4D" if len(spec.modalities) > 1 else "3D",
         "modality": {str(i): name for i, name in enumerate(spec.modalities)},
         "labels": {str(i): name for i, name in enumerate(spec.labels)},
