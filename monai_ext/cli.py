@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "monai_ext.legacy.commands:convert_legacy_controlnet",
         "Convert a MONAI Generative Models ControlNet checkpoint so that it reproduces the legacy outputs.",
     ),
+    "migrate": (
+        "monai_ext.legacy.migration.command:migrate",
+        "Move a MONAI Generative Models bundle to MONAI core, with its weights converted and a report of every change.",
+    ),
     "check_data": (
         "monai_ext.bundle.data_check:check_data",
         "Check every case of an MSD-layout dataset directory once; print all problems and exit 1 if there are any.",

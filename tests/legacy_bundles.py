@@ -3,7 +3,7 @@ itself writes, every tensor perturbed so that a dropped or mis-mapped weight cha
 
 - :func:`zoo_bundle`: the Model Zoo's brats_mri_generative_diffusion 1.0.9 (tests/data), its channels, latent and
   patch sizes reduced in the test's copy so that CPU sampling takes seconds;
-- :func:`write_ldm_bundle`: our own 2D latent diffusion bundle, its UNet with cross-attention conditioning or with
+- :func:`write_ldm_bundle`: our own small 3D latent diffusion bundle, its UNet with cross-attention conditioning or with
   self-attention, in JSON or YAML, written by 0.2.3 or with 0.1.0's semantics (:func:`as_release_0_1`).
 """
 
@@ -79,11 +79,11 @@ def zoo_bundle(folder: Path) -> Path:
 
 
 LDM_AUTOENCODER = {
-    "spatial_dims": 2, "in_channels": 1, "out_channels": 1, "latent_channels": 3, "num_channels": [8, 16],
+    "spatial_dims": 3, "in_channels": 1, "out_channels": 1, "latent_channels": 3, "num_channels": [8, 16],
     "num_res_blocks": 1, "norm_num_groups": 8, "attention_levels": [False, True],
 }  # fmt: skip
 SELF_ATTENTION_UNET = {
-    "spatial_dims": 2, "in_channels": 3, "out_channels": 3, "num_channels": [8, 16], "num_res_blocks": 1,
+    "spatial_dims": 3, "in_channels": 3, "out_channels": 3, "num_channels": [8, 16], "num_res_blocks": 1,
     "attention_levels": [False, True], "num_head_channels": 8, "norm_num_groups": 8,
 }  # fmt: skip
 CONDITIONED_UNET = {**SELF_ATTENTION_UNET, "with_conditioning": True, "cross_attention_dim": 4}
@@ -118,7 +118,7 @@ def ldm_config(conditioned: bool = True, steps: int = 10, metadata_version: str 
             "scheduler": "@noise_scheduler",
             "scale_factor": 0.8,
         },
-        "noise": "$torch.randn(1, 3, 16, 16)",
+        "noise": "$torch.randn(1, 3, 8, 8, 8)",
         "conditioning": CONDITIONING if conditioned else "$None",
         "saver": {
             "_target_": "SaveImage",
@@ -139,14 +139,14 @@ def ldm_config(conditioned: bool = True, steps: int = 10, metadata_version: str 
         "pytorch_version": "2.2.2",
         "numpy_version": "1.24.4",
         "optional_packages_version": {"nibabel": "5.2.1", "monai-generative": metadata_version},
-        "task": "conditioned 2D synthesis",
+        "task": "3D latent diffusion synthesis",
         "description": "a test bundle",
         "authors": "monai_ext tests",
         "copyright": "none",
         "network_data_format": {
-            "inputs": {"image": {"type": "noise", "format": "image", "num_channels": 3, "spatial_shape": [16, 16],
+            "inputs": {"image": {"type": "noise", "format": "image", "num_channels": 3, "spatial_shape": [8, 8, 8],
                                   "dtype": "float32", "value_range": [], "is_patch_data": False}},
-            "outputs": {"pred": {"type": "feature", "format": "image", "num_channels": 3, "spatial_shape": [16, 16],
+            "outputs": {"pred": {"type": "feature", "format": "image", "num_channels": 3, "spatial_shape": [8, 8, 8],
                                  "dtype": "float32", "value_range": [], "is_patch_data": False}},
         },
     }  # fmt: skip
@@ -193,7 +193,7 @@ AUTOENCODER_NAMES_0_1 = {"to_q": "q", "to_k": "k", "to_v": "v", "proj_attn": "pr
 UNET_NAMES_0_1 = {"to_q": "query", "to_k": "key", "to_v": "value", "proj_attn": "proj_attn"}
 
 
-def release_0_1_state(model: torch.nn.Module, spatial_dims: int = 2) -> dict[str, torch.Tensor]:
+def release_0_1_state(model: torch.nn.Module, spatial_dims: int = 3) -> dict[str, torch.Tensor]:
     """``model``'s state dict under the key names 0.1.0 wrote (query/key/value, q/k/v 1x1 convolutions,
     ff.net.0.proj / ff.net.2)."""
     renamed = {}

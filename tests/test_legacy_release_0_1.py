@@ -24,7 +24,7 @@ def legacy_0_1():
 
 def _unet_inputs(conditioned=True):
     torch.manual_seed(5)
-    return torch.randn(2, 3, 8, 8), torch.tensor([10, 700]), torch.randn(2, 1, 4) if conditioned else None
+    return torch.randn(2, 3, 8, 8, 8), torch.tensor([10, 700]), torch.randn(2, 1, 4) if conditioned else None
 
 
 @pytest.mark.parametrize("conditioned", [True, False], ids=["cross-attention", "self-attention"])
@@ -71,9 +71,9 @@ def test_release_0_1_semantics_differ_from_0_2(conditioned):
 def test_release_0_1_autoencoder_attention_converts_exactly(legacy_0_1):
     legacy_autoencoder, _ = legacy_0_1
     saved = release_0_1_state(legacy_autoencoder)
-    assert any(key.endswith(".q.conv.weight") and saved[key].ndim == 4 for key in saved)
+    assert any(key.endswith(".q.conv.weight") and saved[key].ndim == 5 for key in saved)
     torch.manual_seed(6)
-    x = torch.randn(1, 1, 16, 16)
+    x = torch.randn(1, 1, 16, 16, 16)
     with torch.no_grad():
         expected = legacy_autoencoder.decode(legacy_autoencoder.encode(x)[0])
     autoencoder = AutoencoderKL(**_core(LDM_AUTOENCODER)).eval()
