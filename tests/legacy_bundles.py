@@ -10,10 +10,16 @@ itself writes, every tensor perturbed so that a dropped or mis-mapped weight cha
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 import types
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import torch
 from legacy_generative import legacy_scheduler_and_inferer_modules
 
@@ -21,6 +27,46 @@ ZOO_BUNDLE = Path(__file__).parent / "data" / "model_zoo" / "brats_mri_generativ
 # lpips, which generative.losses imports at module level, needs torchvision, which cannot be installed beside the
 # CPU torch these machines use; inference never calls it (see legacy_stand_ins/lpips.py)
 LEGACY_STAND_INS = Path(__file__).parent / "legacy_stand_ins"
+
+# `python -m monai.bundle run ...` as a user runs it: legacy with IgniteInfo put back where the legacy package looks
+# for it; migrated ("core") with the legacy package made unimportable
+RUNNER = """
+import runpy, sys
+if sys.argv[1] == "legacy":
+    import monai.config, monai.utils
+    monai.config.IgniteInfo = monai.utils.IgniteInfo
+else:
+    sys.modules["generative"] = None
+sys.argv = ["monai.bundle", *sys.argv[2:]]
+runpy.run_module("monai.bundle", run_name="__main__")
+"""
+
+
+def bundle_run(kind: str, bundle: Path, *args, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run ARGS`` in ``bundle``, as legacy (``kind="legacy"``) or migrated ("core")."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "2"}
+    try:
+        import lpips  # noqa: F401
+        import torchvision  # noqa: F401
+    except ImportError:
+        env["PYTHONPATH"] = str(LEGACY_STAND_INS)
+    command = [sys.executable, "-c", RUNNER, kind, "run", *map(str, args)]
+    done = subprocess.run(command, cwd=bundle, capture_output=True, text=True, timeout=timeout, env=env)
+    if done.returncode != 0:
+        raise AssertionError(f"{kind} run of {bundle} failed:\n{done.stderr[-5000:]}")
+    return done
+
+
+def sample_inference(kind: str, bundle: Path, noise_file: Path, output: Path, *overrides) -> tuple[np.ndarray, float]:
+    """Run ``configs/inference.json`` on the noise in ``noise_file``; return the image it writes and the seconds."""
+    noise = f"$torch.load('{noise_file}', weights_only=True)"
+    start = time.perf_counter()
+    bundle_run(kind, bundle, "--config_file", "configs/inference.json", "--noise", noise, "--output_dir", output,
+               *overrides)  # fmt: skip
+    seconds = time.perf_counter() - start
+    [written] = output.rglob("*.nii.gz")
+    return np.asarray(nib.load(written).dataobj, dtype=np.float64), seconds
+
 
 SMALL_AUTOENCODER = {"num_channels": [8, 16, 16], "norm_num_groups": 8}
 SMALL_UNET = {"num_channels": [16, 16, 32], "num_head_channels": [0, 8, 8], "norm_num_groups": 8}
@@ -46,35 +92,42 @@ def _edit(path: Path, edits: dict) -> None:
     path.write_text(json.dumps(config, indent=4))
 
 
-def zoo_bundle(folder: Path) -> Path:
-    """The Zoo's brats_mri_generative_diffusion 1.0.9, reduced, with seeded legacy weights in models/."""
+def zoo_bundle(folder: Path, small: bool = True, latent: tuple[int, int, int] = (8, 8, 8)) -> Path:
+    """The Zoo's brats_mri_generative_diffusion 1.0.9 with seeded legacy weights in models/.
+
+    Args:
+        folder: where to put the bundle folder.
+        small: reduce channels, latent channels and patches (as the tests do); otherwise keep the Zoo's networks.
+        latent: the latent's spatial shape (the Zoo's is 36 x 44 x 28); images are 4 times larger.
+    """
     import generative.networks.nets as legacy_nets
 
     bundle = folder / "brats_mri_generative_diffusion"
     shutil.copytree(ZOO_BUNDLE, bundle)
     configs = bundle / "configs"
-    small = {"latent_channels": 4, "spacing": [4.0, 4.0, 4.0]}
-    autoencoder = {f"autoencoder_def#{k}": v for k, v in SMALL_AUTOENCODER.items()}
-    unet = {f"network_def#{k}": v for k, v in SMALL_UNET.items()}
-    _edit(configs / "inference.json", {**small, **autoencoder, **unet, "latent_shape": [4, 8, 8, 8]})
-    _edit(configs / "inference_autoencoder.json", {**small, **autoencoder, "infer_patch_size": [32, 32, 32]})
-    _edit(configs / "train_autoencoder.json", {**small, **autoencoder, "train_patch_size": [32, 32, 32]})
+    inference = json.loads((configs / "inference.json").read_text())
+    latent_channels = 4 if small else inference["latent_channels"]
+    image = [4 * size for size in latent]
+    sizes = {"latent_channels": latent_channels, "spacing": [4.0, 4.0, 4.0]} if small else {}
+    autoencoder = {f"autoencoder_def#{k}": v for k, v in SMALL_AUTOENCODER.items()} if small else {}
+    unet = {f"network_def#{k}": v for k, v in SMALL_UNET.items()} if small else {}
+    _edit(configs / "inference.json", {**sizes, **autoencoder, **unet, "latent_shape": [latent_channels, *latent]})
+    _edit(configs / "inference_autoencoder.json", {**sizes, **autoencoder, "infer_patch_size": image})
+    _edit(configs / "train_autoencoder.json", {**sizes, **autoencoder, "train_patch_size": image})
     _edit(
         configs / "train_diffusion.json",
-        {**unet, "train_patch_size": [32, 32, 32], "latent_shape": ["@latent_channels", 8, 8, 8]},
+        {**unet, "train_patch_size": image, "latent_shape": ["@latent_channels", *latent]},
     )
     arguments = json.loads((configs / "inference.json").read_text())
     autoencoder_args = {k: v for k, v in arguments["autoencoder_def"].items() if k != "_target_"}
     unet_args = {k: v for k, v in arguments["network_def"].items() if k != "_target_"}
-    shared = {"spatial_dims": 3, "in_channels": 1, "out_channels": 1, "latent_channels": 4}
-    autoencoder_args.update(shared)
-    unet_args.update(spatial_dims=3, in_channels=4, out_channels=4)
+    autoencoder_args.update(spatial_dims=3, in_channels=1, out_channels=1, latent_channels=latent_channels)
+    unet_args.update(spatial_dims=3, in_channels=latent_channels, out_channels=latent_channels)
     torch.manual_seed(0)
-    (bundle / "models").mkdir()
-    torch.save(
-        perturbed_state(legacy_nets.AutoencoderKL(**autoencoder_args), 1), bundle / "models/model_autoencoder.pt"
-    )
-    torch.save(perturbed_state(legacy_nets.DiffusionModelUNet(**unet_args), 2), bundle / "models/model.pt")
+    models = bundle / "models"
+    models.mkdir()
+    torch.save(perturbed_state(legacy_nets.AutoencoderKL(**autoencoder_args), 1), models / "model_autoencoder.pt")
+    torch.save(perturbed_state(legacy_nets.DiffusionModelUNet(**unet_args), 2), models / "model.pt")
     return bundle
 
 

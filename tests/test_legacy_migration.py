@@ -10,16 +10,21 @@ import hashlib
 import json
 import re
 import shutil
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from bundle_cli import REPO_ROOT, run_cli
-from legacy_bundles import LEGACY_STAND_INS, legacy_ldm_sample, write_ldm_bundle, zoo_bundle
-from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out
+from legacy_bundles import (
+    LEGACY_STAND_INS,
+    bundle_run,
+    legacy_ldm_sample,
+    sample_inference,
+    write_ldm_bundle,
+    zoo_bundle,
+)
+from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
 
 from monai_ext.bundle.standins import write_standin
 from monai_ext.legacy.migration import MigrationError, migrate
@@ -31,34 +36,9 @@ from monai_ext.sharing.checkpoint import verify_sha256
 SCHEMA = REPO_ROOT / "tests" / "data" / "meta_schema_20240725.json"
 TARGET = 1e-4  # largest difference over the legacy sample's largest value
 
-# `python -m monai.bundle run ...` as a user runs it: legacy with IgniteInfo put back where the legacy package looks
-# for it; migrated with the legacy package made unimportable
-RUNNER = """
-import runpy, sys
-if sys.argv[1] == "legacy":
-    import monai.config, monai.utils
-    monai.config.IgniteInfo = monai.utils.IgniteInfo
-else:
-    sys.modules["generative"] = None
-sys.argv = ["monai.bundle", *sys.argv[2:]]
-runpy.run_module("monai.bundle", run_name="__main__")
-"""
-
-
-def _bundle_run(kind, bundle, *args, timeout=600):
-    env = {"PYTHONPATH": str(LEGACY_STAND_INS), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "2"}
-    command = [sys.executable, "-c", RUNNER, kind, "run", *map(str, args)]
-    done = subprocess.run(command, cwd=bundle, capture_output=True, text=True, timeout=timeout, env=env)
-    assert done.returncode == 0, f"{kind} run of {bundle} failed:\n{done.stderr[-5000:]}"
-    return done
-
 
 def _sample(kind, bundle, noise_file, output, *overrides):
-    noise = f"$torch.load('{noise_file}', weights_only=True)"
-    _bundle_run(kind, bundle, "--config_file", "configs/inference.json", "--noise", noise, "--output_dir", output,
-                *overrides)  # fmt: skip
-    [written] = output.rglob("*.nii.gz")
-    return np.asarray(nib.load(written).dataobj, dtype=np.float64)
+    return sample_inference(kind, bundle, noise_file, output, *overrides)[0]
 
 
 def _hashes(folder):
@@ -139,12 +119,12 @@ def test_migrated_zoo_bundle_samples_the_legacy_sample(zoo, tmp_path):
     torch.manual_seed(3)
     torch.save(torch.randn(1, 4, 8, 8, 8), tmp_path / "noise.pt")
     expected = _sample("legacy", legacy, tmp_path / "noise.pt", tmp_path / "legacy")
-    found = _sample("migrated", migrated, tmp_path / "noise.pt", tmp_path / "migrated")
+    found = _sample("core", migrated, tmp_path / "noise.pt", tmp_path / "migrated")
     assert found.shape == expected.shape == (32, 32, 32)
     assert np.abs(found - expected).max() <= TARGET * np.abs(expected).max()
     # MONAI 1.6's own timesteps, as the Zoo's hand migration kept them: another sample from the same weights
     monai_spacing = "$@noise_scheduler.set_timesteps(num_inference_steps=50)"
-    other = _sample("migrated", migrated, tmp_path / "noise.pt", tmp_path / "other", "--set_timesteps", monai_spacing)
+    other = _sample("core", migrated, tmp_path / "noise.pt", tmp_path / "other", "--set_timesteps", monai_spacing)
     assert np.abs(other - expected).max() > 1e-3 * np.abs(expected).max()
     # what --verify measured and recorded, on noise the bundle drew itself
     parity = json.loads((migrated / "configs" / "metadata.json").read_text())["monai_ext_migration"]["parity"]
@@ -166,6 +146,26 @@ def test_migrated_metadata_passes_monais_schema_check(zoo):
                     hash_type="sha256")  # fmt: skip
 
 
+# MONAI's AutoencoderKL samples its latent in eval mode too, so the trace check sees another reconstruction
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_the_migrated_autoencoder_exports_with_monais_ckpt_export(zoo, tmp_path):
+    """MONAI's AutoencoderKL does not compile with torch.jit.script; ckpt_export traces it (--use_trace)."""
+    _, migrated, _, _ = zoo
+    config, weights = migrated / "configs" / "inference.json", migrated / "models" / "model_autoencoder_monai.pt"
+    ckpt_export(net_id="autoencoder_def", filepath=str(tmp_path / "autoencoder.ts"), ckpt_file=str(weights),
+                meta_file=str(migrated / "configs" / "metadata.json"), config_file=str(config), use_trace=True,
+                input_shape=[1, 1, 32, 32, 32], bundle_root=str(migrated))  # fmt: skip
+    parser = ConfigParser()
+    parser.read_config(str(config))
+    network = parser.get_parsed_content("autoencoder_def").eval()
+    network.load_state_dict(torch.load(weights, weights_only=True))
+    x = torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        _, z_mu, z_sigma = torch.jit.load(str(tmp_path / "autoencoder.ts"))(x)
+        expected_mu, expected_sigma = network.encode(x)
+    assert torch.allclose(z_mu, expected_mu, atol=1e-5) and torch.allclose(z_sigma, expected_sigma, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_migrated_training_configs_run_one_iteration_without_the_legacy_package(zoo, tmp_path):
     _, migrated, _, _ = zoo
@@ -178,14 +178,14 @@ def test_migrated_training_configs_run_one_iteration_without_the_legacy_package(
                      "--perceptual_loss_def", "{'_target_': 'torch.nn.L1Loss'}"]  # fmt: skip
     models = bundle / "models"
     before = {name: (models / name).read_bytes() for name in ("model_autoencoder_monai.pt", "model_monai.pt")}
-    _bundle_run("migrated", bundle, "--config_file", "configs/train_autoencoder.json", *one_iteration)
+    bundle_run("core", bundle, "--config_file", "configs/train_autoencoder.json", *one_iteration)
     assert (models / "model_autoencoder_monai.pt").read_bytes() != before["model_autoencoder_monai.pt"]
     both = "['configs/train_autoencoder.json','configs/train_diffusion.json']"
-    done = _bundle_run("migrated", bundle, "--config_file", both, *one_iteration)
+    done = bundle_run("core", bundle, "--config_file", both, *one_iteration)
     assert "scale factor:" in done.stdout
     assert (models / "model_monai.pt").read_bytes() != before["model_monai.pt"]
     # the retrained files still load through the migrated inference's converters
-    sample = _sample("migrated", bundle, _noise(tmp_path), tmp_path / "out")
+    sample = _sample("core", bundle, _noise(tmp_path), tmp_path / "out")
     assert sample.shape == (32, 32, 32) and np.isfinite(sample).all()
 
 
@@ -304,6 +304,21 @@ def test_migrate_refuses_bad_input_in_one_line(tmp_path):
     with pytest.raises(SystemExit, match="error: cannot read config .*broken.json"):
         migrate(str(legacy), str(tmp_path / "new"))
     assert not (tmp_path / "new").exists()
+
+
+def test_verify_without_a_noise_id_says_so_and_keeps_the_migrated_bundle(tmp_path):
+    legacy = write_ldm_bundle(tmp_path, "json")
+    config = json.loads((legacy / "configs" / "inference.json").read_text())
+    config["latent"] = config.pop("noise")
+    config["sample"] = config["sample"].replace("@noise", "@latent")
+    (legacy / "configs" / "inference.json").write_text(json.dumps(config))
+    expected = (
+        "error: --verify overrides the ids ['noise'] of configs/inference.json, which does not define them (the "
+        f"migrated bundle is in {tmp_path / 'new'}, its report in {tmp_path / 'new' / 'docs' / 'migration_report.md'})"
+    )
+    with pytest.raises(SystemExit, match=re.escape(expected)):
+        migrate(str(legacy), str(tmp_path / "new"), verify=True)
+    assert "## Left for a person" in (tmp_path / "new" / "docs" / "migration_report.md").read_text()
 
 
 def test_a_checkpoint_missing_from_the_bundle_is_left_for_a_person(tmp_path):

@@ -143,18 +143,6 @@ def _migrate(legacy: Path, new: Path, explicit_version: str | None, verify: bool
         )
     if (legacy / "large_files.yml").is_file():
         todo.append("large_files.yml names the legacy checkpoints and their hashes; list the converted files instead")
-    parity = None
-    if verify:
-        from monai_ext.legacy.migration.verify import verify_inference
-
-        if version.before_0_2:
-            todo.append(
-                f"--verify skipped: the installed monai-generative is 0.2.x, which does not compute what "
-                f"{version.version} did"
-            )
-        else:
-            parity = verify_inference(legacy, new)
-            record_parity(new, parity)
     converted = [
         f"{item.original} (sha256 {item.sha256_original[:12]}...) -> {item.converted} "
         f"(sha256 {item.sha256_converted[:12]}...), {item.network}, loaded at {'; '.join(item.loads)}"
@@ -166,7 +154,22 @@ def _migrate(legacy: Path, new: Path, explicit_version: str | None, verify: bool
         "Scripts": [str(c) for c in scripts.changes],
         "Metadata": [str(c) for c in metadata_changes],
     }
-    report = _report(legacy, new, version, sections, todo, parity)
     (new / REPORT).parent.mkdir(exist_ok=True)
+    (new / REPORT).write_text(_report(legacy, new, version, sections, todo, None))
+    parity = None
+    if verify and version.before_0_2:
+        todo.append(
+            f"--verify skipped: the installed monai-generative is 0.2.x, which does not compute what "
+            f"{version.version} did"
+        )
+    elif verify:
+        from monai_ext.legacy.migration.verify import verify_inference
+
+        try:
+            parity = verify_inference(legacy, new)
+        except MigrationError as err:
+            raise MigrationError(f"{err} (the migrated bundle is in {new}, its report in {new / REPORT})") from err
+        record_parity(new, parity)
+    report = _report(legacy, new, version, sections, todo, parity)
     (new / REPORT).write_text(report)
     return report

@@ -112,6 +112,19 @@ def walk_ids(node: Any, where: str) -> Iterator[tuple[str, Any]]:
             yield from walk_ids(value, f"{where}#{index}")
 
 
+def _same_object(value: Any) -> str | None:
+    """The id whose object ``value`` is: ``@x``, or ``$@x.to(...)`` and the like, which return the same network."""
+    if not isinstance(value, str):
+        return None
+    if REFERENCE.fullmatch(value):
+        return value[1:]
+    reference = REFERENCE.match(value[1:]) if value.startswith("$@") else None
+    tail = value[1 + reference.end() :] if reference else ""
+    if reference and tail.startswith(".") and tail[1:].split("(", 1)[0] in SAME_OBJECT_METHODS:
+        return reference[1]
+    return None
+
+
 class BundleConfigs:
     """Every config file under a bundle's ``configs/``, with lookups across files as MONAI merges them.
 
@@ -152,7 +165,7 @@ class BundleConfigs:
         return next((entry for entry in found if entry[0] == file), found[-1])
 
     def component(self, id_: str, file: str | None = None, depth: int = 0) -> tuple[str, dict]:
-        """``(file, definition)`` of the component a config id refers to, following as :meth:`class_of` does.
+        """``(file, definition)`` of the component a config id refers to, following ``@x`` and ``$@x.to(...)``.
 
         Raises:
             UnresolvedError: the id refers to no component.
@@ -160,10 +173,10 @@ class BundleConfigs:
         file, value = self.lookup(id_, file)
         if isinstance(value, dict) and isinstance(value.get("_target_"), str):
             return file, value
-        reference = REFERENCE.match(value[1:] if isinstance(value, str) and value.startswith("$") else str(value))
-        if reference is None or depth > 8:
+        same = _same_object(value)
+        if same is None or depth > 8:
             raise UnresolvedError(f"@{id_} is not a component")
-        return self.component(reference[1], file, depth + 1)
+        return self.component(same, file, depth + 1)
 
     def replace_text(self, file: str, id_: str, old: str, new: str) -> str:
         """Replace ``old`` by ``new`` in the string at config id ``id_`` of ``file``; return the previous value."""
@@ -177,25 +190,13 @@ class BundleConfigs:
         self._index()
         return previous
 
-    def class_of(self, id_: str, file: str | None = None, depth: int = 0) -> str | None:
-        """The class name of the component that config id refers to, following ``@x`` and ``$@x.to(...)``."""
+    def class_of(self, id_: str, file: str | None = None) -> str | None:
+        """The class name of the component a config id refers to (as :meth:`component` finds it), or None."""
         try:
-            file, value = self.lookup(id_, file)
+            _, definition = self.component(id_, file)
         except UnresolvedError:
             return None
-        if depth > 8:
-            return None
-        if isinstance(value, dict) and isinstance(value.get("_target_"), str):
-            return value["_target_"].rsplit(".", 1)[-1]
-        if isinstance(value, str) and REFERENCE.fullmatch(value):
-            return self.class_of(value[1:], file, depth + 1)
-        if isinstance(value, str) and value.startswith("$@"):
-            reference = REFERENCE.match(value[1:])
-            tail = value[1 + reference.end() :] if reference else ""
-            method = tail[1:].split("(", 1)[0] if tail.startswith(".") else None
-            if reference and method in SAME_OBJECT_METHODS:
-                return self.class_of(reference[1], file, depth + 1)
-        return None
+        return definition["_target_"].rsplit(".", 1)[-1]
 
     def literal(self, value: Any, file: str | None, depth: int = 0) -> Any:
         """``value`` with every ``@id`` replaced by its literal value; components' ``_keys_`` are dropped.
