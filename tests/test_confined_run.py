@@ -6,6 +6,7 @@ the bundle root (the run's working directory), and no program may start (each pa
 file). Skipped where the kernel has no Landlock.
 """
 
+import contextlib
 import json
 import os
 import pickle
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +96,133 @@ print(json.dumps(found))
     assert (bundle / "models" / "ok.txt").read_text() == "allowed"
     assert (outside / "kept.txt").read_text() == "the lab's file"
     _outside_is_untouched(outside, ["kept.txt"])
+
+
+def test_no_device_fifo_or_named_socket_can_be_made_in_a_writable_folder(tmp_path):
+    """As root a bundle made a block device node in models/ and read a disk through it; the same calls before the
+    rules are the control. Named sockets only in the private folder, deleted after the run, where DataLoader workers
+    need one."""
+    bundle = _bundle(tmp_path / "bundle", ["$None"])
+    private = tmp_path / "private"
+    private.mkdir()
+    readable, writable = confined.sandbox_paths(bundle, {}, private)
+    models = bundle / "models"
+    probe = f"""
+import importlib.util, json, os, socket, stat, sys
+spec = importlib.util.spec_from_file_location("ll", {landlock.__file__!r})
+ll = importlib.util.module_from_spec(spec); sys.modules["ll"] = ll; spec.loader.exec_module(ll)
+LOOP0, PRIVATE = os.makedev(7, 0), {str(private)!r}
+def attempts(tag):
+    found = {{}}
+    for name, action in {{
+        "fifo": lambda: os.mkfifo(os.path.join({str(models)!r}, tag + "fifo")),
+        "block_device": lambda: os.mknod(os.path.join({str(models)!r}, tag + "disk"), stat.S_IFBLK | 0o600, LOOP0),
+        "named_socket": lambda: socket.socket(socket.AF_UNIX).bind(os.path.join({str(models)!r}, tag + "sock")),
+        "regular_file": lambda: open(os.path.join({str(models)!r}, tag + "file"), "w").close(),
+        "socket_in_the_private_folder": lambda: socket.socket(socket.AF_UNIX).bind(os.path.join(PRIVATE, tag + "s")),
+    }}.items():
+        try:
+            action()
+            found[name] = "made"
+        except OSError as err:
+            found[name] = type(err).__name__
+    return found
+before = attempts("before_")
+ll.restrict({readable!r}, {writable!r}, [{str(private)!r}])
+print(json.dumps({{"before": before, "after": attempts("after_")}}))
+"""
+    done = subprocess.run([sys.executable, "-I", "-B", "-c", probe], capture_output=True, text=True, timeout=120)
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    kinds = ("fifo", "block_device", "named_socket", "regular_file", "socket_in_the_private_folder")
+    if os.geteuid() == 0:
+        assert found["before"] == dict.fromkeys(kinds, "made")
+    denied = "PermissionError"
+    assert found["after"] == {"fifo": denied, "block_device": denied, "named_socket": denied, "regular_file": "made",
+                              "socket_in_the_private_folder": "made"}  # fmt: skip
+    assert sorted(p.name for p in models.iterdir() if p.name.startswith("after_")) == ["after_file"]
+
+
+# a bundle's own code that types into the terminal it runs in, and leaves a process that writes after the run
+_TERMINAL_AND_DAEMON = """
+import errno, fcntl, json, os, termios, time
+
+def type_into_the_terminal(root):
+    found = {}
+    for name, action in {
+        "stdin": lambda: fcntl.ioctl(0, termios.TIOCSTI, b"#"),
+        "controlling_terminal": lambda: open("/dev/tty", "rb").close(),
+    }.items():
+        try:
+            action()
+            found[name] = "done"
+        except OSError as err:
+            found[name] = errno.errorcode.get(err.errno, str(err.errno))
+    with open(os.path.join(root, "models", "terminal.json"), "w") as f:
+        json.dump(found, f)
+
+def leave_a_daemon(root):
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)
+        return
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    time.sleep(3)
+    with open(os.path.join(root, "models", "late.txt"), "w") as f:
+        f.write("written after the run")
+    os._exit(0)
+"""
+
+
+def _in_a_terminal(command, cwd):
+    """Run ``command`` with a pseudo-terminal as its controlling terminal, stdin and output; return the output."""
+    import pty
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "2"}
+    pid, terminal = pty.fork()
+    if pid == 0:
+        os.chdir(cwd)
+        os.execvpe(command[0], command, env)
+    output = b""
+    with contextlib.suppress(OSError):  # EIO once the child's side closes
+        while chunk := os.read(terminal, 65536):
+            output += chunk
+    os.waitpid(pid, 0)
+    os.close(terminal)
+    return output.decode(errors="replace")
+
+
+def test_no_typing_into_the_terminal_and_no_process_outlives_the_run(tmp_path):
+    bundle = tmp_path / "bundle"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "models").mkdir()
+    (bundle / "scripts").mkdir()
+    (bundle / "scripts" / "__init__.py").write_text("from . import payload\n")
+    (bundle / "scripts" / "payload.py").write_text(_TERMINAL_AND_DAEMON)
+    config = {"imports": ["$import monai_ext", "$import scripts"],
+              "bundle_root": "$monai_ext.bundle.paths.bundle_root()",
+              "run": ["$scripts.payload.type_into_the_terminal(@bundle_root)",
+                      "$scripts.payload.leave_a_daemon(@bundle_root)"]}  # fmt: skip
+    (bundle / "configs" / "train.json").write_text(json.dumps(config))
+    terminal, late = bundle / "models" / "terminal.json", bundle / "models" / "late.txt"
+
+    # the control: MONAI's own runner in a terminal types into it, and the daemon writes after the run has ended
+    _in_a_terminal([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json"], bundle)
+    assert json.loads(terminal.read_text()) == {"stdin": "done", "controlling_terminal": "done"}
+    time.sleep(4)
+    assert late.read_text() == "written after the run"
+
+    terminal.unlink()
+    late.unlink()
+    output = _in_a_terminal([sys.executable, "-m", "monai_ext", "run", str(bundle)], tmp_path)
+    assert "monai_ext run: confined by the kernel." in output
+    found = json.loads(terminal.read_text())
+    assert found["stdin"] in ("ENOTTY", "EPERM") and found["controlling_terminal"] in ("EACCES", "ENXIO"), found
+    killed = output.index("monai_ext run: killed 1 process(es) the bundle left running")
+    assert killed < output.index("finished, confined by the kernel")
+    time.sleep(4)
+    assert not late.exists(), "a process of the run outlived it"
 
 
 class _RunsCommand:
@@ -212,6 +341,13 @@ def _payloads(outside):
             "run": [f"$torch.utils.data.datapipes.utils.decoder.basichandlers('pickle', bytes.fromhex('{pickled}'))"]
         },
         "callable carried by map": {"run": [f"$list(map(os.system, [{touch!r}]))"]},
+        "program started from memory": {
+            "run": [
+                "$os.write(@memfd, open('/usr/bin/touch', 'rb').read())",
+                "$os.waitpid(os.posix_spawn('/proc/self/fd/' + str(@memfd), @touch, {}), 0)",
+            ],
+            "config": {"memfd": "$os.memfd_create('payload')", "touch": ["touch", str(outside / "RAN")]},
+        },
         "callable carried by a Dataset transform": {
             "config": {"dataset": {"_target_": "Dataset", "data": [touch], "transform": "$os.system"}},
             "run": ["$@dataset[0]"],
@@ -253,6 +389,7 @@ UNCONFINED_EFFECT = {
     "log file handler": "log.txt",
     "torch's pickle decoder": "RAN",
     "callable carried by map": "RAN",
+    "program started from memory": "RAN",
     "callable carried by a Dataset transform": "RAN",
     "callable carried by worker_init_fn": "RAN",
     "callable carried by add_event_handler": "RAN",
@@ -303,7 +440,7 @@ def payloads_run_confined(tmp_path_factory):
     bootstrap. It confines one process, which forks a run per bundle: the kernel's rules pass to every fork, and torch
     and MONAI are imported once instead of once per payload (about 5 s each). The rules are the union of what each
     bundle's run may read and write; no payload's outside folder is among them."""
-    from monai_ext.sharing import seccomp
+    from monai_ext.sharing import capabilities, seccomp
     from monai_ext.sharing.audit import audit_bundle, write_folders
 
     root = tmp_path_factory.mktemp("payloads")
@@ -325,8 +462,9 @@ def payloads_run_confined(tmp_path_factory):
                       "logging_file": None, "allow": [], "overrides": {}}  # fmt: skip
     harness = confined._BOOTSTRAP.replace("sys.exit(run_from_child(spec))", _FORK_EACH_RUN)
     assert harness != confined._BOOTSTRAP, "the bootstrap no longer ends as this harness expects"
-    spec = {"landlock": landlock.__file__, "seccomp": seccomp.__file__, "readable": list(readable),
-            "writable": list(writable), "runs": runs}  # fmt: skip
+    spec = {"capabilities": capabilities.__file__, "landlock": landlock.__file__, "seccomp": seccomp.__file__,
+            "readable": list(readable), "writable": list(writable), "socket_folders": [str(private)],
+            "runs": runs}  # fmt: skip
     command = [sys.executable, "-I", "-B", "-c", harness, json.dumps(spec)]
     environment = confined._child_environment(str(private))
     done = subprocess.run(command, cwd=invoking, env=environment, capture_output=True, text=True, timeout=900)
@@ -337,7 +475,8 @@ def payloads_run_confined(tmp_path_factory):
 @pytest.mark.parametrize("name", list(_payloads(Path("OUT"))))
 def test_a_payload_leaves_nothing_outside_and_starts_no_program(name, payloads_run_confined):
     codes, err, outsides, invoking, tops = payloads_run_confined
-    assert f"monai_ext run: confined by the kernel.\n  Landlock ABI {ABI}" in err
+    privileges = "no capabilities, not even as root" if os.geteuid() == 0 else "no capabilities"
+    assert f"monai_ext run: confined by the kernel.\n  {privileges}" in err and f"\n  Landlock ABI {ABI}" in err
     assert "no sockets but UNIX ones (seccomp)" in err
     assert name in codes, "the payload ran in a fork of the confined process"
     _outside_is_untouched(outsides[name], ["kept.txt"])

@@ -23,7 +23,7 @@ def _in_filtered_child(probe):
     pid = os.fork()
     if pid == 0:
         try:
-            seccomp.deny_network_sockets()
+            seccomp.restrict_system_calls()
             os.write(write, probe().encode())
         finally:
             os._exit(0)
@@ -77,7 +77,7 @@ def test_a_socket_pair_still_carries_data_and_io_uring_is_refused():
 
 def test_the_filter_outlives_a_second_call_and_reaches_forked_grandchildren():
     def probe():
-        seccomp.deny_network_sockets()  # stacking a second filter is allowed and changes nothing
+        seccomp.restrict_system_calls()  # stacking a second filter is allowed and changes nothing
         read, write = os.pipe()
         if os.fork() == 0:
             os.write(write, str(_socket_errno(socket.AF_INET, socket.SOCK_DGRAM)).encode())
@@ -87,3 +87,74 @@ def test_the_filter_outlives_a_second_call_and_reaches_forked_grandchildren():
         return os.read(read, 8).decode()
 
     assert _in_filtered_child(probe) == str(errno.EACCES)
+
+
+NUMBERS = seccomp._ARCHITECTURES[platform.machine()][1]
+
+
+def _program_from_memory_errno(target):
+    """Start /usr/bin/touch from an anonymous memfd copy of it (what Landlock's execute rule does not see)."""
+    fd = os.memfd_create("payload")
+    with open("/usr/bin/touch", "rb") as program:
+        os.write(fd, program.read())
+    try:
+        os.waitpid(os.posix_spawn(f"/proc/self/fd/{fd}", ["touch", target], {}), 0)
+    except OSError as err:
+        return err.errno
+    finally:
+        os.close(fd)
+    return 0
+
+
+def test_no_program_starts_after_the_filter_not_even_from_memory(tmp_path):
+    before = _program_from_memory_errno(str(tmp_path / "before"))
+    assert before == 0 and (tmp_path / "before").exists()
+    after = _in_filtered_child(lambda: str(_program_from_memory_errno(str(tmp_path / "after"))))
+    assert after == str(errno.EACCES) and not (tmp_path / "after").exists()
+
+
+def _add_key_errno():
+    libc = ctypes.CDLL(None, use_errno=True)
+    process_keyring = -2  # KEY_SPEC_PROCESS_KEYRING: gone with the process, so the test leaves no key behind
+    serial = libc.syscall(NUMBERS["add_key"], b"user", b"monai_ext_test", b"secret", 6, process_keyring)
+    return 0 if serial > 0 else ctypes.get_errno()
+
+
+def test_keyrings_are_unreachable_after_the_filter():
+    before = _add_key_errno()
+    if before:
+        pytest.skip(f"keyrings are unavailable here before any filter: {errno.errorcode.get(before, before)}")
+    assert _in_filtered_child(lambda: str(_add_key_errno())) == str(errno.EPERM)
+
+
+def _typing_into_a_terminal_errno():
+    import fcntl
+    import termios
+
+    controller, terminal = os.openpty()
+    try:
+        fcntl.ioctl(terminal, termios.TIOCSTI, b"x")
+    except OSError as err:
+        return err.errno
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    return 0
+
+
+def test_typing_into_a_terminal_is_refused_after_the_filter():
+    before = _typing_into_a_terminal_errno()
+    if before:
+        pytest.skip(f"TIOCSTI is refused here before any filter (dev.tty.legacy_tiocsti = 0?): {before}")
+    assert _in_filtered_child(lambda: str(_typing_into_a_terminal_errno())) == str(errno.EPERM)
+
+
+def test_bpf_is_refused_after_the_filter():
+    def bpf_errno():
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(NUMBERS["bpf"], 0, None, 0) == -1 and ctypes.get_errno()
+
+    before = bpf_errno()
+    if before == errno.EPERM:
+        pytest.skip("bpf is refused here before any filter")
+    assert _in_filtered_child(lambda: str(bpf_errno())) == str(errno.EPERM)

@@ -2,9 +2,11 @@
 
 ``monai_ext run`` (:func:`monai_ext.sharing.safe_run.run`) calls :func:`run_confined`: it decides what the run may
 read and write, creates the bundle's output folders and a private temporary folder, and starts
-``python -I -B -c BOOTSTRAP SPEC``. The bootstrap loads :mod:`monai_ext.sharing.landlock` and
-:mod:`monai_ext.sharing.seccomp` by file path (so nothing but the standard library is imported), restricts itself,
-logs what is in force, and only then imports monai_ext and runs the workflow. Everything the workflow evaluates,
+``python -I -B -c BOOTSTRAP SPEC`` with no terminal (``/dev/null`` as input, a session of its own, output relayed
+through pipes), as a subreaper that kills whatever the run leaves running. The bootstrap loads
+:mod:`monai_ext.sharing.capabilities`, :mod:`monai_ext.sharing.landlock` and :mod:`monai_ext.sharing.seccomp` by file
+path (so nothing but the standard library is imported), drops every capability, restricts itself, logs what is in
+force, and only then imports monai_ext and runs the workflow. Everything the workflow evaluates,
 the bundle's own Python files included, runs under these rules:
 
 - read: the Python environment, system libraries and settings (``/usr``, ``/lib*``, a few ``/etc`` files without
@@ -16,10 +18,11 @@ the bundle's own Python files included, runs under these rules:
   shared-memory folder where Python's multiprocessing locks (MONAI's CacheDataset takes one even without workers)
   and PyTorch's shared tensors live, which a bundle can therefore leave files in until the next reboot; and the
   ``/dev/nvidia*`` device files, where a GPU driver has them;
-- no ``execve`` (no shell, no subprocess), no TCP, no signals to outside processes (see the Landlock module);
-- no socket but UNIX ones: no UDP, Multipath TCP, raw or packet sockets, no io_uring (see the seccomp module). A
-  UNIX socket may still connect to a local service's named socket, which seccomp cannot see and Landlock restricts
-  only from ABI 9 on.
+- no ``execve`` (no shell, no subprocess), no TCP, no signals to outside processes, no device nodes, FIFOs or named
+  sockets (see the Landlock module); no capabilities, even as root (see the capabilities module);
+- no socket but UNIX ones: no UDP, Multipath TCP, raw or packet sockets, no io_uring; no program started from memory,
+  no keyrings, no ``bpf``, no typing into a terminal (see the seccomp module). A UNIX socket may still connect to a
+  local service's named socket, which seccomp cannot see and Landlock restricts only from ABI 9 on.
 
 The run's working directory is the bundle root, as the Model Zoo's commands assume (``"bundle_root": "."``, macros
 like ``%configs/train.json#x``); it is readable, not writable. An output folder that is a link leading out of the
@@ -28,16 +31,20 @@ bundle is refused: the kernel would follow it.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import glob
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TextIO
 
 __all__ = ["BUNDLE_OUTPUT_FOLDERS", "WRITABLE_OVERRIDES", "ConfinementError", "run_confined", "sandbox_paths"]
 
@@ -57,17 +64,21 @@ def load(name):
     module = sys.modules[loader.name] = importlib.util.module_from_spec(loader)
     loader.loader.exec_module(module)
     return module
-landlock, seccomp = load("landlock"), load("seccomp")
-protections = landlock.restrict(spec["readable"], spec["writable"])
+capabilities, landlock, seccomp = load("capabilities"), load("landlock"), load("seccomp")
+privileges = capabilities.drop_all_capabilities()
+protections = landlock.restrict(spec["readable"], spec["writable"], spec["socket_folders"])
 try:
-    sockets = seccomp.deny_network_sockets()
+    calls = seccomp.restrict_system_calls()
 except seccomp.SeccompUnavailableError as err:
-    sockets = f"UDP and other sockets not restricted: {err}"
-print("monai_ext run: confined by the kernel.", *protections.describe(), sockets, sep="\\n  ", file=sys.stderr,
-      flush=True)
+    calls = f"UDP, other sockets, programs from memory, keyrings and terminal typing not restricted: {err}"
+print("monai_ext run: confined by the kernel.", privileges, *protections.describe(), calls, sep="\\n  ",
+      file=sys.stderr, flush=True)
 from monai_ext.sharing.safe_run import run_from_child
 sys.exit(run_from_child(spec))
 """
+
+# prctl: this process adopts the orphans among its descendants, so none escapes the end of a run by double-forking
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 class ConfinementError(RuntimeError):
@@ -135,6 +146,79 @@ def _child_environment(private_tmp: str) -> dict[str, str]:
     return env
 
 
+def _children(parent: int) -> set[int]:
+    """The processes whose parent is ``parent``, from /proc."""
+    found = set()
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # the command name may hold spaces and parentheses
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[1]) == parent:
+            found.add(int(stat.split("/")[2]))
+    return found
+
+
+def _kill_left_behind(ours_before: set[int]) -> int:
+    """Kill every process the run left (adopted by this subreaper), until none is left; return how many."""
+    killed = 0
+    while left := _children(os.getpid()) - ours_before:
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in left:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        killed += len(left)
+    return killed
+
+
+def _relay(source: IO[bytes], destination: TextIO) -> None:
+    target = getattr(destination, "buffer", None)
+    for chunk in iter(lambda: source.read1(65536), b""):
+        if target is not None:
+            target.write(chunk)
+            target.flush()
+        else:
+            destination.write(chunk.decode(errors="replace"))
+            destination.flush()
+
+
+def _supervise(command: list[str], cwd: str, env: dict[str, str]) -> int:
+    """Start the confined child with no terminal, relay its output, and leave no process of it behind.
+
+    The child reads ``/dev/null`` and runs in a session of its own, so it has no controlling terminal: it cannot type
+    into the user's shell (``TIOCSTI``) nor read what the user types. Its output reaches the user through pipes.
+    This process is the subreaper of the child's descendants; when the child ends, every process still left is
+    killed before anything reports that the run finished.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    try:
+        ours_before = _children(os.getpid())
+        child = subprocess.Popen(
+            command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True,
+        )  # fmt: skip
+        relays = [
+            threading.Thread(target=_relay, args=(child.stdout, sys.stdout), daemon=True),
+            threading.Thread(target=_relay, args=(child.stderr, sys.stderr), daemon=True),
+        ]
+        for relay in relays:
+            relay.start()
+        code = child.wait()
+        killed = _kill_left_behind(ours_before)
+        for relay in relays:
+            relay.join()
+    finally:
+        # a caller that goes on (a test, a notebook) must not keep adopting unrelated orphans it never reaps
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+    if killed:
+        print(f"monai_ext run: killed {killed} process(es) the bundle left running", file=sys.stderr, flush=True)
+    return code
+
+
 def run_confined(
     bundle_root: str | os.PathLike,
     config_file: Sequence[str] | None,
@@ -149,7 +233,7 @@ def run_confined(
         ConfinementError: as :func:`sandbox_paths`.
         monai_ext.sharing.landlock.LandlockUnavailableError: the kernel cannot confine (checked before anything starts).
     """
-    from monai_ext.sharing import landlock, seccomp
+    from monai_ext.sharing import capabilities, landlock, seccomp
     from monai_ext.sharing.audit import audit_bundle, write_folders
 
     landlock.abi_version()
@@ -159,10 +243,12 @@ def run_confined(
     try:
         readable, writable = sandbox_paths(bundle_root, overrides, private_tmp, output_folders)
         spec = {
+            "capabilities": capabilities.__file__,
             "landlock": landlock.__file__,
             "seccomp": seccomp.__file__,
             "readable": readable,
             "writable": writable,
+            "socket_folders": [private_tmp],
             "bundle_root": str(Path(bundle_root).resolve()),
             "config_file": list(config_file) if config_file else None,
             "meta_file": meta_file,
@@ -170,12 +256,7 @@ def run_confined(
             "allow": list(allow),
             "overrides": dict(overrides),
         }
-        done = subprocess.run(
-            [sys.executable, "-I", "-B", "-c", _BOOTSTRAP, json.dumps(spec)],
-            cwd=str(Path(bundle_root).resolve()),  # as the Model Zoo's commands run: relative paths mean the bundle
-            env=_child_environment(private_tmp),
-            check=False,
-        )
-        return done.returncode
+        return _supervise([sys.executable, "-I", "-B", "-c", _BOOTSTRAP, json.dumps(spec)], spec["bundle_root"],
+                          _child_environment(private_tmp))  # fmt: skip
     finally:
         shutil.rmtree(private_tmp, ignore_errors=True)

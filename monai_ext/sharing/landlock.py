@@ -56,6 +56,10 @@ SCOPE_SIGNAL = 1 << 1  # ABI 6
 
 READ = READ_FILE | READ_DIR
 # rights that only make sense on a folder; a rule on a single file may carry the others only
+# device nodes give raw access to disks and terminals, and a FIFO or named socket left behind is something a later
+# unconfined process may open: writable folders grant none of them, and only a folder deleted after the run grants
+# named sockets, which PyTorch's DataLoader workers need (multiprocessing's resource sharer listens on one)
+SPECIAL_FILES = MAKE_CHAR | MAKE_BLOCK | MAKE_FIFO | MAKE_SOCK
 _DIRECTORY_ONLY = READ_DIR | REMOVE_DIR | REMOVE_FILE | MAKE_CHAR | MAKE_DIR | MAKE_REG | MAKE_SOCK | MAKE_FIFO
 _DIRECTORY_ONLY |= MAKE_BLOCK | MAKE_SYM | REFER
 
@@ -149,10 +153,12 @@ def _add_rule(libc: ctypes.CDLL, ruleset: int, path: str, access: int) -> None:
         os.close(fd)
 
 
-def restrict(readable: Iterable[str], writable: Iterable[str]) -> Protections:
+def restrict(readable: Iterable[str], writable: Iterable[str], socket_folders: Iterable[str] = ()) -> Protections:
     """Confine this process and its future children for good.
 
-    Files and folders under ``readable`` may be read; under ``writable`` read, written, created and removed.
+    Files and folders under ``readable`` may be read; under ``writable`` read, written, created and removed, except
+    device nodes, FIFOs and named sockets, which cannot be made anywhere but named sockets under ``socket_folders``
+    (writable folders that are deleted after the run).
     Nothing anywhere may be executed, and from ABI 4 on no TCP connection made or port bound; from ABI 6 on no signal
     reaches a process outside and no abstract UNIX socket is used. Paths that do not exist are skipped.
 
@@ -182,8 +188,10 @@ def restrict(readable: Iterable[str], writable: Iterable[str]) -> Protections:
     try:
         for path in readable:
             _add_rule(libc, ruleset, path, READ)
+        sockets = {os.path.realpath(p) for p in socket_folders}
         for path in writable:
-            _add_rule(libc, ruleset, path, handled_fs & ~EXECUTE)
+            granted = handled_fs & ~(EXECUTE | SPECIAL_FILES)
+            _add_rule(libc, ruleset, path, granted | MAKE_SOCK if path in sockets else granted)
         if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
         if libc.syscall(_SYSCALLS["restrict_self"], ruleset, 0) < 0:
