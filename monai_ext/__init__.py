@@ -5,8 +5,9 @@ reachable by a fully dotted name such as ``monai_ext.networks.blocks.SABlock``. 
 time it is named, so that the command line (``python -m monai_ext versions``) starts without torch or MONAI.
 """
 
+# only modules the interpreter has loaded before it runs ``python -m monai_ext``: this package is imported before
+# __main__ can drop the working directory (maybe a received bundle's folder) from sys.path
 import importlib
-from typing import Any
 
 __version__ = "0.1.0"
 
@@ -15,7 +16,7 @@ SUBPACKAGES = ("bundle", "legacy", "networks", "sharing")
 __all__ = ["__version__", *SUBPACKAGES]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in SUBPACKAGES:
         return importlib.import_module(f"monai_ext.{name}")
     raise AttributeError(f"module 'monai_ext' has no attribute {name!r}")

@@ -3,10 +3,13 @@
 import importlib
 import inspect
 import json
+import os
 import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
 
+import monai_ext
 from monai_ext.cli import COMMANDS, usage
 
 PROBE = """
@@ -59,3 +62,24 @@ def test_import_monai_ext_reaches_every_component_by_its_dotted_name():
     assert monai_ext.networks.blocks.SABlock.__module__ == "monai_ext.networks.blocks.selfattention"
     assert monai_ext.bundle.model_record.keep_trained_model.__name__ == "keep_trained_model"
     assert {"bundle", "legacy", "networks", "sharing"} <= set(dir(monai_ext))
+
+
+def test_modules_of_the_working_directory_never_run_in_the_command_line(tmp_path):
+    """Run from inside a received bundle, ``python -m`` puts the bundle's folder first on sys.path: its ``fire.py``
+    or ``json.py`` ran before any check. The control imports them the way the command line would have."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    marker = tmp_path / "ran"
+    for name in ("fire", "json", "typing", "yaml"):
+        (bundle / f"{name}.py").write_text(f"open({str(marker)!r}, 'a').write({name!r} + ' ')\nraise ImportError\n")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+    control = subprocess.run([sys.executable, "-c", "import fire"], cwd=bundle, capture_output=True, env=env)
+    assert control.returncode != 0 and marker.read_text() == "fire "
+    marker.unlink()
+    console_script = str(Path(sys.executable).parent / "monai-ext")
+    for command in ([sys.executable, "-m", "monai_ext", "versions"], [console_script, "versions"]):
+        done = subprocess.run(command, cwd=bundle, capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads(done.stdout)["monai_ext"] == monai_ext.__version__
+        assert not marker.exists(), f"{command}: the working directory's modules ran: {marker.read_text()}"
