@@ -395,3 +395,43 @@ def test_torch_multiprocessing_is_not_taken_for_a_socket_while_multiprocessing_i
     train["listener"] = "$multiprocessing.connection.Listener('/tmp/lab.sock')"
     groups = {item.key: item.group for item in audit_bundle(_make_bundle(tmp_path / "b", train))}
     assert groups["sharing"] != "uncontained" and groups["listener"] == "uncontained"
+
+
+def test_every_importable_top_level_name_is_flagged_and_nothing_is_imported_or_opened(tmp_path):
+    """A received bundle's fire.pyc and yaml.abi3.so ran in the unconfined parent, a FIFO named scripts/net.py hung
+    the audit, and a folder named after an installed package's submodule made the audit import that package."""
+    import os
+    import py_compile
+    import subprocess
+    import sys
+
+    bundle = tmp_path / "bundle"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "configs" / "train.json").write_text(json.dumps({"imports": ["$import torch"]}))
+    (tmp_path / "fire.py").write_text("import os\n")
+    py_compile.compile(str(tmp_path / "fire.py"), cfile=str(bundle / "fire.pyc"))
+    (bundle / "yaml.abi3.so").write_bytes(b"\x7fELF")
+    (bundle / "package").mkdir()
+    py_compile.compile(str(tmp_path / "fire.py"), cfile=str(bundle / "package" / "__init__.pyc"))
+    (bundle / "onnx.x").mkdir()  # not an importable name; looking it up would import onnx
+    (bundle / "onnx.x" / "__init__.py").write_text("")
+    (bundle / "scripts" / "__pycache__").mkdir(parents=True)
+    (bundle / "scripts" / "__init__.py").write_text("")
+    py_compile.compile(str(tmp_path / "fire.py"), cfile=str(bundle / "scripts" / "__pycache__" / "a.cpython-311.pyc"))
+    os.mkfifo(bundle / "scripts" / "net.py")
+    probe = (
+        "import json, sys\nfrom pathlib import Path\nfrom monai_ext.sharing.audit import bundle_modules\n"
+        f"items = bundle_modules(Path({str(bundle)!r}))\n"
+        "print(json.dumps({'items': [[i.source, i.key, bool(i.flags)] for i in items], 'onnx': 'onnx' in sys.modules}))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    found = json.loads(done.stdout)
+    assert sorted(map(tuple, found["items"])) == [
+        ("fire.pyc", "fire", True),
+        ("package", "package", True),
+        ("scripts/__init__.py", "scripts", False),
+        ("scripts/__pycache__/a.cpython-311.pyc", "scripts.__pycache__.a.cpython-311", True),
+        ("scripts/net.py", "scripts.net", True),
+        ("yaml.abi3.so", "yaml", True),
+    ]
+    assert not found["onnx"], "no package a bundle names is imported"

@@ -1,5 +1,7 @@
 import hashlib
+import importlib.util
 import json
+import marshal
 import re
 import stat
 import subprocess
@@ -346,17 +348,19 @@ def test_findings_are_installed_only_when_accepted_by_name(bundle, tmp_path, cap
     (bundle / "configs" / "train.json").write_text(json.dumps(config))
     pack_bundle(bundle, tmp_path / "flagged.zip")
 
-    def add_itk(entries):  # pack never ships a top-level module; a hand-made archive can
+    def add_itk(entries):  # pack never ships a top-level module; a hand-made archive can, compiled too
         manifest = json.loads(entries[PACKAGE_MANIFEST])
         entries["itk.py"] = b"import os\n"
-        manifest["files"]["itk.py"] = hashlib.sha256(entries["itk.py"]).hexdigest()
+        entries["fire.pyc"] = importlib.util.MAGIC_NUMBER + bytes(12) + marshal.dumps(compile("", "fire", "exec"))
+        for name in ("itk.py", "fire.pyc"):
+            manifest["files"][name] = hashlib.sha256(entries[name]).hexdigest()
         entries[PACKAGE_MANIFEST] = json.dumps(manifest, indent=1).encode()
 
     _rewrite(tmp_path / "flagged.zip", add_itk)
     # the payload runs confined under `monai_ext run`: reported, not refused; itk.py and a logging handler that
     # writes to a local service need a reviewer's word
     conf = (bundle / "configs" / "logging.conf").read_text() if (bundle / "configs" / "logging.conf").exists() else ""
-    names = ["configs/logging.conf:[handler_syslog] class", "itk.py:itk"]
+    names = ["configs/logging.conf:[handler_syslog] class", "fire.pyc:fire", "itk.py:itk"]
 
     def add_syslog_handler(entries):
         manifest = json.loads(entries[PACKAGE_MANIFEST])
