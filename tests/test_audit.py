@@ -435,3 +435,22 @@ def test_every_importable_top_level_name_is_flagged_and_nothing_is_imported_or_o
         ("yaml.abi3.so", "yaml", True),
     ]
     assert not found["onnx"], "no package a bundle names is imported"
+
+
+def test_a_fifo_named_by_a_macro_or_the_command_line_is_never_opened(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "train.json").write_text(json.dumps({"net": "%configs/pipe.json#net"}))
+    fifo = tmp_path / "configs" / "pipe.json"
+    os.mkfifo(fifo)
+    probe = (
+        "from monai_ext.sharing.audit import audit_bundle\n"
+        f"print([item.text for item in audit_bundle({str(tmp_path)!r})])\n"
+        f"audit_bundle({str(tmp_path)!r}, [{str(fifo)!r}])"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "['%configs/pipe.json#net']", "the macro is reported, its file not read"
+    assert done.stderr.strip().splitlines()[-1] == f"ValueError: {fifo}: not a valid config file: not a regular file"

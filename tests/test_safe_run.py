@@ -239,3 +239,27 @@ def test_our_bundles_run_under_the_safe_runner_from_the_command_line(tmp_path):
         [autoencoder, "--config_file", "configs/inference.json", *small], tmp_path, module=("-m", "monai_ext", "run")
     )
     assert list((autoencoder / "outputs").glob("*_recon.nii.gz"))
+
+
+@pytest.mark.parametrize("kind", ["invalid JSON", "nested 5,000 deep", "an output folder that is a file"])
+def test_a_malformed_bundle_stops_the_confined_run_in_one_line(kind, tmp_path, capsys):
+    from monai_ext.sharing.safe_run import run
+
+    bundle = tmp_path / "bundle"
+    (bundle / "configs").mkdir(parents=True)
+    train = bundle / "configs" / "train.json"
+    if kind == "invalid JSON":
+        train.write_text('{"run": ')
+    elif kind == "nested 5,000 deep":
+        train.write_text('{"run": ["$None"], "n": ' + "[" * 5000 + "]" * 5000 + "}")
+    else:
+        train.write_text('{"run": ["$None"]}')
+        (bundle / "models").write_text("not a folder")
+    with pytest.raises(SystemExit) as stopped:
+        run(str(bundle))
+    out = capsys.readouterr().out.strip()
+    assert stopped.value.code == 1 and len(out.splitlines()) == 1, out
+    expected = f"{bundle / 'models'}: an output folder of the bundle is a file" if kind.startswith("an output") else (
+        f"{train}: not a valid config file"
+    )  # fmt: skip
+    assert out.startswith(f"monai_ext run: cannot run {bundle}: {expected}"), out

@@ -134,6 +134,8 @@ def resolve_target(target: str, allowlist: Allowlist) -> tuple[Any, str | None]:
 
 
 def _load(path: Path) -> Any:
+    if not path.is_file():  # a FIFO or device would block or never end: never opened
+        raise ValueError("not a regular file")
     if path.suffix.lower() == ".json":
         return json.loads(path.read_text())
     import yaml

@@ -115,6 +115,7 @@ def sandbox_paths(
 
     Raises:
         ConfinementError: an output folder of the bundle is a link that leads out of it.
+        ValueError: an output folder of the bundle is a file.
     """
     root = Path(bundle_root).resolve()
     writable = [str(private_tmp), "/dev/shm"]
@@ -122,6 +123,8 @@ def sandbox_paths(
         folder = root / name
         if folder.is_symlink() or (folder.exists() and not folder.resolve().is_relative_to(root)):
             raise ConfinementError(f"{folder}: a link out of the bundle; remove it, the kernel would follow it")
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{folder}: an output folder of the bundle is a file; move it away")
         folder.mkdir(exist_ok=True)
         writable.append(str(folder))
     writable += sorted(glob.glob("/dev/nvidia*"))  # CUDA opens and ioctls these; a rule on a file grants only that file

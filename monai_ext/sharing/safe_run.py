@@ -298,6 +298,9 @@ def run(
     except (LandlockUnavailableError, ConfinementError) as err:
         print(f"monai_ext run: refusing to run {bundle_dir} unconfined: {err}. Pass --unconfined to run it anyway.")
         raise SystemExit(1) from None
+    except ValueError as err:  # a config that cannot be read, an output folder that is a file: the bundle's fault
+        print(f"monai_ext run: cannot run {bundle_dir}: {err}")
+        raise SystemExit(1) from None
     if code != 0:
         print(f"monai_ext run: {bundle_dir} failed (exit {code}) in the confined run")
         raise SystemExit(code)
