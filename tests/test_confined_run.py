@@ -642,3 +642,33 @@ def test_a_signed_archive_with_a_module_named_itk_is_held_back_then_runs_confine
     confined.run_confined(tmp_path / "received", None, None, None, (), {})
     assert (tmp_path / "received" / "models" / "itk_ran.txt").exists(), "MONAI's import of itk ran the bundle's file"
     _outside_is_untouched(outside, ["kept.txt"])
+
+
+def test_only_output_folders_are_writable_whatever_the_configs_write_to(tmp_path):
+    bundle = _bundle(tmp_path / "bundle", ["$None"])
+    private = tmp_path / "private"
+    private.mkdir()
+    configs_write_to = ["monai", ".git", "__pycache__", "output", "runs"]
+    _, writable = confined.sandbox_paths(bundle, {}, private, configs_write_to)
+    top = {Path(path).name for path in writable if Path(path).parent == bundle.resolve()}
+    assert top == {"models", "eval", "outputs", "dataset", "logs", "output", "runs"}
+    assert not any((bundle / name).exists() for name in ("monai", ".git", "__pycache__"))
+
+
+def test_a_run_that_makes_an_output_folder_importable_is_reported_and_fails(tmp_path):
+    """A package planted in models/ (an allowed folder) is what a later `python -m ...` from the bundle imports."""
+    plant = "$open(@bundle_root + '/models/__init__.py', 'w').write('open(\"PLANTED_RAN\", \"w\")')"
+    bundle = _bundle(tmp_path / "bundle", [plant])
+    (bundle / "models").mkdir()
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+    # the control: unconfined, the plant is written, and an import from the bundle folder runs it
+    run_cli(["run", "--config_file", "configs/train.json"], bundle)
+    subprocess.run([sys.executable, "-c", "import models"], cwd=bundle, env=env, check=True)
+    assert (bundle / "PLANTED_RAN").exists()
+    (bundle / "PLANTED_RAN").unlink()
+    (bundle / "models" / "__init__.py").unlink()
+
+    done = run_cli([bundle], tmp_path, module=("-m", "monai_ext", "run"), check=False)
+    assert done.returncode == 1
+    assert f"monai_ext run: WARNING: {bundle.resolve() / 'models'} is now importable as 'models'" in done.stderr

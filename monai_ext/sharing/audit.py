@@ -603,7 +603,7 @@ def _where(path: Value | str) -> str:
     return f"BUNDLE/{relative}" if relative != "." else "BUNDLE"
 
 
-def _module_name(path: Path) -> str | None:
+def module_name(path: Path) -> str | None:
     """The top-level import name ``path`` provides (a module of any suffix Python imports, or a package with any
     ``__init__``), or None."""
     suffixes = sorted(importlib.machinery.all_suffixes(), key=len, reverse=True)
@@ -651,7 +651,7 @@ def bundle_modules(root: Path) -> list[AuditItem]:
             flag = "compiled or native code the configs can import, which cannot be read as source; needs review"
             items.append(AuditItem(source, module, "module", path.name, (flag,), group="code"))
     for path in sorted(root.iterdir()):
-        name = _module_name(path)
+        name = module_name(path)
         if name is None or name == "scripts":
             continue
         origin = _installed_origin(name)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -46,9 +47,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, TextIO
 
-__all__ = ["BUNDLE_OUTPUT_FOLDERS", "WRITABLE_OVERRIDES", "ConfinementError", "run_confined", "sandbox_paths"]
+__all__ = [
+    "BUNDLE_OUTPUT_FOLDERS", "OPTIONAL_OUTPUT_FOLDERS", "WRITABLE_OVERRIDES", "ConfinementError", "definition_changes",
+    "run_confined", "sandbox_paths",
+]  # fmt: skip
 
 BUNDLE_OUTPUT_FOLDERS = ("models", "eval", "outputs", "dataset", "logs")
+# the only other top-level folders a run may write, and only where its configs write there (the Model Zoo's output/):
+# never an import name (monai/), a dotfile (.git) or __pycache__, which a later unconfined process would run
+OPTIONAL_OUTPUT_FOLDERS = ("output", "runs")
 WRITABLE_OVERRIDES = ("output_dir", "ckpt_dir", "log_dir")
 _SYSTEM_READABLE = (
     "/usr", "/lib", "/lib64", "/lib32", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime",
@@ -107,8 +114,9 @@ def sandbox_paths(
         overrides: the run's ``--key value`` overrides; absolute paths among the values become readable, and those
             of :data:`WRITABLE_OVERRIDES` writable.
         private_tmp: the run's own temporary folder.
-        output_folders: more top-level folders of the bundle that its configs write to (the Model Zoo's
-            ``output``), besides :data:`BUNDLE_OUTPUT_FOLDERS`.
+        output_folders: the top-level folders of the bundle that its configs write to; those among
+            :data:`OPTIONAL_OUTPUT_FOLDERS` (the Model Zoo's ``output``) become writable besides
+            :data:`BUNDLE_OUTPUT_FOLDERS`, and no other.
 
     Returns:
         ``(readable, writable)`` absolute paths.
@@ -119,7 +127,7 @@ def sandbox_paths(
     """
     root = Path(bundle_root).resolve()
     writable = [str(private_tmp), "/dev/shm"]
-    for name in dict.fromkeys([*BUNDLE_OUTPUT_FOLDERS, *output_folders]):
+    for name in dict.fromkeys([*BUNDLE_OUTPUT_FOLDERS, *(f for f in output_folders if f in OPTIONAL_OUTPUT_FOLDERS)]):
         folder = root / name
         if folder.is_symlink() or (folder.exists() and not folder.resolve().is_relative_to(root)):
             raise ConfinementError(f"{folder}: a link out of the bundle; remove it, the kernel would follow it")
@@ -147,6 +155,26 @@ def _child_environment(private_tmp: str) -> dict[str, str]:
     env.update(HOME=private_tmp, TMPDIR=private_tmp, XDG_CACHE_HOME=private_tmp, MPLCONFIGDIR=private_tmp)
     env.update(USER=user, LOGNAME=user, PYTHONDONTWRITEBYTECODE="1", PYTHONWARNINGS="ignore::DeprecationWarning")
     return env
+
+
+def _definition_snapshot(root: Path) -> tuple[dict[str, str], set[str]]:
+    """SHA-256 of every file of the bundle's definition (configs, scripts, docs, top-level files), and the top-level
+    names Python could import from the bundle root."""
+    from monai_ext.sharing.audit import DEFINITION_FOLDERS, module_name
+
+    files = [p for p in root.iterdir() if p.is_file()]
+    files += [p for folder in DEFINITION_FOLDERS for p in (root / folder).rglob("*") if p.is_file()]
+    hashes = {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    return hashes, {name for p in root.iterdir() if (name := module_name(p))}
+
+
+def definition_changes(root: Path, before: tuple[dict[str, str], set[str]]) -> list[str]:
+    """What changed in the bundle's definition, or became importable at its top level, since ``before``."""
+    hashes, importable = before
+    now_hashes, now_importable = _definition_snapshot(root)
+    changed = sorted(path for path in hashes.keys() | now_hashes.keys() if hashes.get(path) != now_hashes.get(path))
+    found = [f"{root / path} changed" for path in changed]
+    return found + [f"{root / name} is now importable as {name!r}" for name in sorted(now_importable - importable)]
 
 
 def _children(parent: int) -> set[int]:
@@ -259,7 +287,16 @@ def run_confined(
             "allow": list(allow),
             "overrides": dict(overrides),
         }
-        return _supervise([sys.executable, "-I", "-B", "-c", _BOOTSTRAP, json.dumps(spec)], spec["bundle_root"],
+        left_out = sorted(set(output_folders) - set(OPTIONAL_OUTPUT_FOLDERS) - set(BUNDLE_OUTPUT_FOLDERS))
+        if left_out:
+            print(f"monai_ext run: the configs write to {', '.join(f + '/' for f in left_out)}, which is not an "
+                  "output folder: not writable", file=sys.stderr, flush=True)  # fmt: skip
+        before = _definition_snapshot(Path(spec["bundle_root"]))
+        code = _supervise([sys.executable, "-I", "-B", "-c", _BOOTSTRAP, json.dumps(spec)], spec["bundle_root"],
                           _child_environment(private_tmp))  # fmt: skip
+        changes = definition_changes(Path(spec["bundle_root"]), before)
+        for change in changes:
+            print(f"monai_ext run: WARNING: {change} (a later unconfined command could run it)", file=sys.stderr)
+        return code or (1 if changes else 0)
     finally:
         shutil.rmtree(private_tmp, ignore_errors=True)
