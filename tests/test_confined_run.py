@@ -672,3 +672,44 @@ def test_a_run_that_makes_an_output_folder_importable_is_reported_and_fails(tmp_
     done = run_cli([bundle], tmp_path, module=("-m", "monai_ext", "run"), check=False)
     assert done.returncode == 1
     assert f"monai_ext run: WARNING: {bundle.resolve() / 'models'} is now importable as 'models'" in done.stderr
+
+
+def test_pythonpath_folders_and_the_checkout_around_monai_ext_are_not_readable(tmp_path, monkeypatch):
+    """Every sys.path entry was readable: a PYTHONPATH=$HOME/lib folder, and the checkout of an editable install with
+    its .git. The same reads before the rules are the control."""
+    import monai_ext
+
+    checkout_git = Path(monai_ext.__file__).resolve().parents[1] / ".git" / "HEAD"
+    if not checkout_git.is_file():
+        pytest.skip(f"monai_ext is not used from a git checkout here ({checkout_git} is missing)")
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "token.txt").write_text("a cloud token")
+    monkeypatch.setenv("PYTHONPATH", str(lib))
+    monkeypatch.syspath_prepend(str(lib))
+    bundle = _bundle(tmp_path / "bundle", ["$None"])
+    private = tmp_path / "private"
+    private.mkdir()
+    readable, writable = confined.sandbox_paths(bundle, {}, private)
+    probe = f"""
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("ll", {landlock.__file__!r})
+ll = importlib.util.module_from_spec(spec); sys.modules["ll"] = ll; spec.loader.exec_module(ll)
+def attempts():
+    found = {{}}
+    for name, path in {{"pythonpath": {str(lib / "token.txt")!r}, "checkout_git": {str(checkout_git)!r},
+                        "monai_ext": {monai_ext.__file__!r}}}.items():
+        try:
+            open(path).read(1)
+            found[name] = "read"
+        except OSError as err:
+            found[name] = type(err).__name__
+    return found
+before = attempts()
+ll.restrict({readable!r}, {writable!r})
+print(json.dumps({{"before": before, "after": attempts()}}))
+"""
+    done = subprocess.run([sys.executable, "-I", "-B", "-c", probe], capture_output=True, text=True, timeout=120)
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["before"] == {"pythonpath": "read", "checkout_git": "read", "monai_ext": "read"}
+    assert found["after"] == {"pythonpath": "PermissionError", "checkout_git": "PermissionError", "monai_ext": "read"}

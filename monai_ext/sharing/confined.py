@@ -41,6 +41,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
@@ -93,12 +94,23 @@ class ConfinementError(RuntimeError):
 
 
 def _python_paths() -> list[str]:
+    """What the interpreter and the installed packages read: the environment's prefixes, its standard library and
+    site-packages, the folders that installed packages put on ``sys.path``, and monai_ext's own package folder.
+
+    Not every ``sys.path`` entry: not the working directory that ``python -m`` adds (it may be the home folder), not
+    ``PYTHONPATH`` folders (the child runs with ``-I``, which ignores them), and not the checkout around an editable
+    install of monai_ext, with its ``.git``.
+    """
     import monai_ext
 
-    paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(monai_ext.__file__).resolve().parents[1])]
-    # `python -m` puts the working directory on sys.path; it may be the home folder, which the run must not read
-    cwd = os.getcwd()
-    return paths + [p for p in sys.path if p and os.path.isabs(p) and p != cwd]
+    package = Path(monai_ext.__file__).resolve().parent
+    left_out = {os.getcwd(), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))}
+    paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, str(package)]
+    paths += [sysconfig.get_path(name) for name in ("stdlib", "platstdlib", "purelib", "platlib")]
+    for entry in sys.path:
+        if entry and os.path.isabs(entry) and entry not in left_out and not package.is_relative_to(entry):
+            paths.append(entry)
+    return list(dict.fromkeys(paths))
 
 
 def sandbox_paths(
