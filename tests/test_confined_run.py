@@ -44,6 +44,18 @@ def _bundle(root, run, files=None, logging_conf=None, config=None):
     return root
 
 
+# the first lines of a probe that loads monai_ext's Landlock module by path, as the confined run's bootstrap does
+_LOAD_LANDLOCK = f"""spec = importlib.util.spec_from_file_location("ll", {landlock.__file__!r})
+ll = importlib.util.module_from_spec(spec); sys.modules["ll"] = ll; spec.loader.exec_module(ll)
+"""
+
+
+def _run_probe(probe):
+    """Run a probe script in a fresh isolated interpreter; return the JSON its last line prints."""
+    done = subprocess.run([sys.executable, "-I", "-B", "-c", probe], capture_output=True, text=True, timeout=120)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def _outside_is_untouched(outside, before):
     assert sorted(p.name for p in outside.iterdir()) == before, "a file appeared outside the allowed folders"
 
@@ -63,9 +75,7 @@ def test_inside_the_sandbox_writes_outside_fail_and_no_program_starts(tmp_path, 
     readable, writable = confined.sandbox_paths(bundle, {}, private)
     probe = f"""
 import importlib.util, json, os, socket, subprocess, sys
-spec = importlib.util.spec_from_file_location("ll", {landlock.__file__!r})
-ll = importlib.util.module_from_spec(spec); sys.modules["ll"] = ll; spec.loader.exec_module(ll)
-ll.restrict({readable!r}, {writable!r})
+{_LOAD_LANDLOCK}ll.restrict({readable!r}, {writable!r})
 found = {{}}
 open({str(bundle / "models" / "ok.txt")!r}, "w").write("allowed")
 for name, action in {{
@@ -84,8 +94,7 @@ for name, action in {{
 found["os.system"] = os.system("touch {outside / "z.txt"}")
 print(json.dumps(found))
 """
-    done = subprocess.run([sys.executable, "-I", "-B", "-c", probe], capture_output=True, text=True, timeout=120)
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    found = _run_probe(probe)
     assert found.pop("os.system") != 0
     expected = {"write_outside": "PermissionError", "overwrite_outside": "PermissionError",
                 "write_configs": "PermissionError", "subprocess": "PermissionError"}  # fmt: skip
@@ -109,9 +118,7 @@ def test_no_device_fifo_or_named_socket_can_be_made_in_a_writable_folder(tmp_pat
     models = bundle / "models"
     probe = f"""
 import importlib.util, json, os, socket, stat, sys
-spec = importlib.util.spec_from_file_location("ll", {landlock.__file__!r})
-ll = importlib.util.module_from_spec(spec); sys.modules["ll"] = ll; spec.loader.exec_module(ll)
-LOOP0, PRIVATE = os.makedev(7, 0), {str(private)!r}
+{_LOAD_LANDLOCK}LOOP0, PRIVATE = os.makedev(7, 0), {str(private)!r}
 def attempts(tag):
     found = {{}}
     for name, action in {{
@@ -131,8 +138,7 @@ before = attempts("before_")
 ll.restrict({readable!r}, {writable!r}, [{str(private)!r}])
 print(json.dumps({{"before": before, "after": attempts("after_")}}))
 """
-    done = subprocess.run([sys.executable, "-I", "-B", "-c", probe], capture_output=True, text=True, timeout=120)
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    found = _run_probe(probe)
     kinds = ("fifo", "block_device", "named_socket", "regular_file", "socket_in_the_private_folder")
     if os.geteuid() == 0:
         assert found["before"] == dict.fromkeys(kinds, "made")
@@ -693,9 +699,7 @@ def test_pythonpath_folders_and_the_checkout_around_monai_ext_are_not_readable(t
     readable, writable = confined.sandbox_paths(bundle, {}, private)
     probe = f"""
 import importlib.util, json, sys
-spec = importlib.util.spec_from_file_location("ll", {landlock.__file__!r})
-ll = importlib.util.module_from_spec(spec); sys.modules["ll"] = ll; spec.loader.exec_module(ll)
-def attempts():
+{_LOAD_LANDLOCK}def attempts():
     found = {{}}
     for name, path in {{"pythonpath": {str(lib / "token.txt")!r}, "checkout_git": {str(checkout_git)!r},
                         "monai_ext": {monai_ext.__file__!r}}}.items():
@@ -709,7 +713,6 @@ before = attempts()
 ll.restrict({readable!r}, {writable!r})
 print(json.dumps({{"before": before, "after": attempts()}}))
 """
-    done = subprocess.run([sys.executable, "-I", "-B", "-c", probe], capture_output=True, text=True, timeout=120)
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    found = _run_probe(probe)
     assert found["before"] == {"pythonpath": "read", "checkout_git": "read", "monai_ext": "read"}
     assert found["after"] == {"pythonpath": "PermissionError", "checkout_git": "PermissionError", "monai_ext": "read"}
