@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from monai_ext.legacy.migration.configs import Change, MigrationError
+from monai_ext.legacy.migration.rules import LEGACY_PACKAGE_NAMES
 
 __all__ = ["CURRENT_SCHEMA", "migrate_metadata", "read_metadata", "record_parity"]
 
 CURRENT_SCHEMA = (
     "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 )
-LEGACY_PACKAGES = ("monai-generative", "monai_generative", "generative")
 RECORD = "monai_ext_migration"
 
 
@@ -87,7 +87,7 @@ def migrate_metadata(bundle: Path, legacy: dict[str, Any], record: dict[str, Any
     change("pytorch_version", _installed("torch").split("+")[0])
     change("numpy_version", _installed("numpy"))
     packages = {**(meta.get("optional_packages_version") or {}), **(meta.get("required_packages_version") or {})}
-    packages = {name: pin for name, pin in packages.items() if name not in LEGACY_PACKAGES}
+    packages = {name: pin for name, pin in packages.items() if name not in LEGACY_PACKAGE_NAMES}
     packages["monai-ext"] = _installed("monai-ext")
     change("required_packages_version", packages)
     if "optional_packages_version" in meta:

@@ -21,6 +21,9 @@ PACKAGES = {
     "generative.utils": "monai.utils",
 }
 
+# How metadata.json names the legacy package among its package versions
+LEGACY_PACKAGE_NAMES = ("monai-generative", "monai_generative", "generative")
+
 # Names that MONAI moved inside MONAI itself since the legacy bundles were written.
 MOVED_NAMES = {"monai.config.IgniteInfo": "monai.utils.IgniteInfo"}
 

@@ -16,12 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from monai_ext.legacy.migration.configs import MigrationError, walk_ids
-from monai_ext.legacy.migration.rules import ARGUMENTS_SINCE_0_2
+from monai_ext.legacy.migration.rules import ARGUMENTS_SINCE_0_2, LEGACY_PACKAGE_NAMES
 from monai_ext.legacy.release_0_1 import is_release_0_1, is_release_0_1_checkpoint
 
 __all__ = ["LegacyVersion", "decide_legacy_version"]
-
-PACKAGE_NAMES = ("monai-generative", "monai_generative", "generative")
 
 
 @dataclass(frozen=True)
@@ -40,7 +38,7 @@ def _metadata_version(metadata: Mapping[str, Any]) -> str | None:
     for section in ("required_packages_version", "optional_packages_version"):
         packages = metadata.get(section)
         if isinstance(packages, Mapping):
-            for name in PACKAGE_NAMES:
+            for name in LEGACY_PACKAGE_NAMES:
                 if isinstance(packages.get(name), str):
                     return packages[name]
     return None

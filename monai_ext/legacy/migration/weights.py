@@ -9,7 +9,6 @@ loads the original if it is put back.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,14 +35,6 @@ class WeightsReport:
     checkpoints: dict[str, ConvertedCheckpoint] = field(default_factory=dict)
     changes: list[Change] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _relative(path: Path, bundle: Path) -> str:
@@ -86,7 +77,7 @@ def convert_weights(configs: BundleConfigs, loads: list[FoundLoad], legacy_versi
         run time, checkpoints that do not fit their network).
     """
     from monai_ext.legacy.checkpoint import LegacyCheckpointError
-    from monai_ext.sharing.checkpoint import save_checkpoint
+    from monai_ext.sharing.checkpoint import file_sha256, save_checkpoint
 
     report = WeightsReport()
     renamed: dict[str, str] = {}
@@ -120,7 +111,7 @@ def convert_weights(configs: BundleConfigs, loads: list[FoundLoad], legacy_versi
             target = path.with_name(f"{path.stem}_monai{path.suffix}")
             digest = save_checkpoint(state, target)
             record = ConvertedCheckpoint(
-                relative, _relative(target, configs.bundle), type(network).__name__, _sha256(path), digest
+                relative, _relative(target, configs.bundle), type(network).__name__, file_sha256(path), digest
             )
             report.checkpoints[relative] = record
             renamed[path.name] = target.name
