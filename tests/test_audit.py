@@ -186,7 +186,7 @@ def test_clean_bundle_lists_everything_and_flags_nothing(clean_bundle):
     report = format_report(items)
     assert report.endswith(
         f"{len(items)} items: {len(items) - 1} resolve to allowed objects, 1 listed above; 0 need review "
-        "(0 the bundle's own code, 0 not contained by the sandbox)"
+        "(0 the bundle's own code, 0 try what the sandbox stops, 0 not contained by the sandbox)"
     )
     assert "Loads checkpoints (1) [contained: every torch.load of a confined run is weights-only]" in report
     assert "  configs/train.json: ckpt: $monai_ext.sharing.checkpoint.load_checkpoint(@bundle_root + " in report
@@ -215,10 +215,16 @@ def test_every_dangerous_expression_is_flagged_naming_file_and_key(doctored_bund
     assert flags[("configs/train.json", "network_def::_target_")] == ""
 
 
-# key -> the group a reviewer finds it in: what the sandbox contains, and what it does not (sockets, a debugger)
+# key -> the group a reviewer finds it in: what the sandbox contains, what it stops (and a bundle has no use for), and
+# what it does not contain (sockets, a debugger)
 GROUPS = {
-    "shell": "untyped",
-    "write_absolute": "untyped",
+    "shell": "stopped",
+    "write_absolute": "stopped",
+    "process": "stopped",
+    "dynamic_import": "stopped",
+    "target_exec::_target_": "stopped",
+    "imports::3": "stopped",  # import subprocess
+    "lambda": "untyped",
     "write_parent": "writes",
     "unsafe_load": "checkpoints",
     "unhashed_load": "checkpoints",
@@ -249,10 +255,20 @@ def test_findings_are_grouped_for_a_reviewer_and_say_what_the_sandbox_contains(d
     assert "      why: os.system: posix.system is not on the allow-list" in lines
     write_parent = lines.index("  configs/train.json: write_parent: $os.makedirs('../../outside')")
     assert lines[write_parent + 1] == "      ../../outside (outside the bundle: the sandbox refuses it)"
-    assert lines[-1].endswith("need review (0 the bundle's own code, 6 not contained by the sandbox)")
+    assert (
+        "Tries what the sandbox stops (18) [needs review: no bundle needs it, and run any other way it succeeds; "
+        "--strict fails on these]" in lines
+    )
+    assert lines[lines.index("  configs/train.json: shell: $os.system('touch EXECUTED')") + 1] == (
+        "      starts programs: os.system"
+    )
+    assert lines[-1].endswith("24 need review (0 the bundle's own code, 18 try what the sandbox stops, 6 not contained "
+                              "by the sandbox)")  # fmt: skip
 
 
-def test_strict_fails_only_on_what_the_sandbox_does_not_contain(clean_bundle, doctored_bundle, tmp_path, capsys):
+def test_strict_fails_on_hostile_intent_and_on_what_the_sandbox_does_not_contain(
+    clean_bundle, doctored_bundle, tmp_path, capsys
+):
     assert audit(str(clean_bundle), strict=True).endswith("0 not contained by the sandbox)")
     assert "  configs/train.json: shell: $os.system('touch EXECUTED')" in audit(str(doctored_bundle))
     with pytest.raises(SystemExit) as exited:
@@ -260,9 +276,13 @@ def test_strict_fails_only_on_what_the_sandbox_does_not_contain(clean_bundle, do
     assert exited.value.code == 1
     out = capsys.readouterr().out
     assert "  configs/train.json: network_socket: $socket.create_connection(('example.org', 80))" in out
-    contained_only = _make_bundle(tmp_path / "contained", {**TRAIN, "payload": "$os.system('touch EXECUTED')"})
-    report = audit(str(contained_only), strict=True)
+    untyped_only = _make_bundle(tmp_path / "untyped", {**TRAIN, "unknown_call": "$@files.pop()"})
+    report = audit(str(untyped_only), strict=True)
     assert "The allow-list cannot vouch for (1) [contained: it runs confined like everything else]" in report
+    stopped_only = _make_bundle(tmp_path / "stopped", {**TRAIN, "payload": "$os.system('touch EXECUTED')"})
+    with pytest.raises(SystemExit) as exited:
+        audit(str(stopped_only), strict=True)
+    assert exited.value.code == 1 and "1 try what the sandbox stops, 0 not contained" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exited:
         audit(str(tmp_path / "nope"))
     assert exited.value.code == 2 and "no configs directory" in capsys.readouterr().out
@@ -454,3 +474,43 @@ def test_a_fifo_named_by_a_macro_or_the_command_line_is_never_opened(tmp_path):
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "['%configs/pipe.json#net']", "the macro is reported, its file not read"
     assert done.stderr.strip().splitlines()[-1] == f"ValueError: {fifo}: not a valid config file: not a regular file"
+
+
+# what a hostile bundle's config does -> (key, group, what the report says it tries). Classified by the object each
+# resolves to, so spelling it differently changes nothing.
+HOSTILE_INTENT = {
+    "$logging.handlers.SocketHandler('/run/user/0/bus', None)": ("uncontained", "logging.handlers.SocketHandler"),
+    "$__import__('soc' + 'ket').socket(1, 1)": ("uncontained", "socket.socket"),  # the checker folds constants
+    "$__import__(''.join(['so', 'cket'])).socket(1, 1)": ("stopped", "names what it runs only at run time: "
+                                                          "builtins.__import__"),
+    "$getattr(torch, 'o' + 's').system('true')": ("stopped", "names what it runs only at run time: builtins.getattr"),
+    "$__import__('os').system('touch RAN')": ("stopped", "starts programs: os.system"),
+    "$__import__('socket').socket(1, 1)": ("uncontained", "socket.socket"),
+    "$exec('import os')": ("stopped", "runs code it builds: builtins.exec"),
+    "$open(@bundle_root + '/models/extra.json', 'w')": ("stopped", "writes or deletes files by its own path: "
+                                                        "builtins.open"),
+    "$urllib.request.urlopen('http://example.org')": ("stopped", "uses the network: urllib.request.urlopen"),
+    "$ctypes.CDLL(None)": ("stopped", "loads native code: ctypes.CDLL"),
+}  # fmt: skip
+
+
+def test_hostile_intent_is_classified_by_the_object_it_resolves_to_and_counted(tmp_path, capsys):
+    train = {
+        **TRAIN,
+        "imports": [*TRAIN["imports"], "$import logging.handlers", "$import subprocess"],
+        **{f"hostile_{i}": expression for i, expression in enumerate(HOSTILE_INTENT)},
+    }
+    bundle = _make_bundle(tmp_path / "hostile", train)
+    items = {item.key: item for item in audit_bundle(bundle)}
+    for i, (expression, (group, detail)) in enumerate(HOSTILE_INTENT.items()):
+        item = items[f"hostile_{i}"]
+        assert (item.group, item.needs_review) == (group, True), expression
+        assert detail in item.detail, (expression, item.detail)
+    assert items["imports::4"].group == "stopped" and items["imports::4"].detail == "starts programs: subprocess"
+    assert items["imports::3"].group == "", "import logging.handlers alone resolves to an allowed module"
+    with pytest.raises(SystemExit) as exited:
+        audit(str(bundle), strict=True)
+    summary = capsys.readouterr().out.splitlines()[-1]
+    assert exited.value.code == 1
+    assert summary.endswith("need review (0 the bundle's own code, 8 try what the sandbox stops, 3 not contained by "
+                            "the sandbox)")  # fmt: skip

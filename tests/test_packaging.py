@@ -357,10 +357,12 @@ def test_findings_are_installed_only_when_accepted_by_name(bundle, tmp_path, cap
         entries[PACKAGE_MANIFEST] = json.dumps(manifest, indent=1).encode()
 
     _rewrite(tmp_path / "flagged.zip", add_itk)
-    # the payload runs confined under `monai_ext run`: reported, not refused; itk.py and a logging handler that
-    # writes to a local service need a reviewer's word
+    # the payload (hostile intent, which the sandbox stops), itk.py and fire.pyc (in place of libraries), and a logging
+    # handler that writes to a local service each need a reviewer's word
     conf = (bundle / "configs" / "logging.conf").read_text() if (bundle / "configs" / "logging.conf").exists() else ""
-    names = ["configs/logging.conf:[handler_syslog] class", "fire.pyc:fire", "itk.py:itk"]
+    names = [
+        "configs/train.json:payload", "configs/logging.conf:[handler_syslog] class", "fire.pyc:fire", "itk.py:itk",
+    ]  # fmt: skip
 
     def add_syslog_handler(entries):
         manifest = json.loads(entries[PACKAGE_MANIFEST])
@@ -385,3 +387,18 @@ def test_findings_are_installed_only_when_accepted_by_name(bundle, tmp_path, cap
     report = unpack(str(tmp_path / "flagged.zip"), str(tmp_path / "dest"), accept=",".join(names))
     assert f"findings you accepted: {', '.join(sorted(names))}" in report and (tmp_path / "dest" / "itk.py").is_file()
     assert "  configs/train.json: payload: $__import__('os').system('true')" in report
+
+
+def test_each_finding_has_an_acceptance_name_of_its_own():
+    from monai_ext.sharing.audit import AuditItem
+    from monai_ext.sharing.packaging import acceptance_names
+
+    items = [
+        AuditItem("configs/train.json", "payload", "expression", "$exec('1')", group="stopped"),
+        AuditItem("configs/train.json", "payload", "expression", "$eval('1')", group="stopped"),
+        AuditItem("itk.py", "itk", "module", "itk.py", group="code"),
+        AuditItem("configs/train.json", "payload", "_target_", "builtins.exec", group="stopped"),
+    ]
+    assert acceptance_names(items) == [
+        "configs/train.json:payload", "configs/train.json:payload#2", "itk.py:itk", "configs/train.json:payload#3",
+    ]  # fmt: skip

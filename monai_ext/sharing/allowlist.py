@@ -145,6 +145,50 @@ COMPONENT_MODES = ("default", "callable")
 CHECKED_LOADER = "monai_ext.sharing.checkpoint.CheckedCheckpointLoader"
 # Components that call torch.load weights-only unless an argument switches it off.
 WEIGHTS_ONLY_LOADERS = frozenset({"monai.data.dataset.PersistentDataset", "monai.data.dataset.CacheNTransDataset"})
+# What a bundle has no honest use for and the sandbox of ``monai_ext run`` stops, by the qualified name of the resolved
+# object (or, where the audit cannot import it, the dotted name it resolves to). A name matches an entry equal to it,
+# under it (``subprocess`` covers ``subprocess.run``), or, for an entry ending in ``*``, starting with it.
+SANDBOX_STOPS = {
+    "starts programs": (
+        "subprocess", "pty", "os.system", "os.popen", "os.exec*", "os.spawn*", "os.posix_spawn*", "os.fork*",
+        "asyncio.create_subprocess_exec", "asyncio.create_subprocess_shell", "multiprocessing.Process",
+    ),
+    "runs code it builds": (
+        "builtins.exec", "builtins.eval", "builtins.compile", "runpy", "code", "codeop", "pickle", "marshal", "pdb",
+        "types.FunctionType", "types.CodeType", "torch.serialization.add_safe_globals",
+        "torch.serialization.safe_globals",
+    ),
+    "names what it runs only at run time": (
+        "builtins.__import__", "builtins.getattr", "builtins.globals", "builtins.vars", "importlib", "pydoc.locate",
+        "operator.attrgetter", "operator.methodcaller",
+    ),
+    "writes or deletes files by its own path": (
+        "builtins.open", "io.open", "os.open", "os.remove", "os.unlink", "os.rename", "os.renames", "os.replace",
+        "os.rmdir", "os.removedirs", "os.symlink", "os.link", "os.chmod", "os.chown", "os.mknod", "os.mkfifo",
+        "os.truncate", "os.write", "shutil", "pathlib.Path.write_text", "pathlib.Path.write_bytes",
+        "pathlib.Path.open", "pathlib.Path.unlink", "pathlib.Path.rename", "pathlib.Path.replace",
+        "pathlib.Path.rmdir", "pathlib.Path.touch", "pathlib.Path.symlink_to", "pathlib.Path.hardlink_to",
+        "pathlib.Path.chmod",
+    ),
+    "uses the network": (
+        "socket", "ssl", "urllib", "http", "ftplib", "smtplib", "poplib", "imaplib", "telnetlib", "xmlrpc",
+        "socketserver", "asyncio", "requests", "urllib3", "httpx", "aiohttp", "syslog", "multiprocessing.connection",
+        "multiprocessing.managers", "logging.handlers.SocketHandler", "logging.handlers.DatagramHandler",
+        "logging.handlers.SysLogHandler", "logging.handlers.HTTPHandler", "logging.handlers.SMTPHandler",
+        "torch.hub", "monai.apps.utils.download_url", "monai.apps.utils.download_and_extract",
+    ),
+    "loads native code": (
+        "ctypes", "cffi", "torch.ops.load_library", "torch.classes.load_library", "torch.utils.cpp_extension",
+    ),
+}  # fmt: skip
+# Of those, what can reach a local service through a UNIX socket by path, which the sandbox allows (seccomp does not
+# see the path, and Landlock restricts it only from ABI 9 on): not contained.
+REACHES_LOCAL_SERVICES = (
+    "socket", "asyncio", "syslog", "multiprocessing.connection", "multiprocessing.managers",
+    "logging.handlers.SocketHandler", "logging.handlers.DatagramHandler", "logging.handlers.SysLogHandler",
+)  # fmt: skip
+# the modules that define what another name exports: os.system is posix.system, socket.socket is _socket.socket
+_CANONICAL_MODULES = {"posix": "os", "_socket": "socket", "_io": "io", "_pickle": "pickle", "_ctypes": "ctypes"}
 REFS = "__local_refs"  # the name MONAI gives the resolved references inside an evaluated expression
 _REF_MATCH = re.compile(r"@(?:\w*)(?:::\w*)*")
 
@@ -219,6 +263,29 @@ class Allowlist:
         return f"{name} is not on the allow-list"
 
 
+def canonical_name(name: str) -> str:
+    """``name`` as the public module spells it (``posix.system`` is ``os.system``), without call parentheses
+    (``pathlib.Path().write_text`` is ``pathlib.Path.write_text``)."""
+    name = name.replace("()", "")
+    root, _, rest = name.partition(".")
+    return f"{_CANONICAL_MODULES.get(root, root)}.{rest}" if rest else _CANONICAL_MODULES.get(root, root)
+
+
+def _matches(name: str, entry: str) -> bool:
+    return name.startswith(entry[:-1]) if entry.endswith("*") else _under(name, entry)
+
+
+def sandbox_stops(name: str) -> tuple[str, ...]:
+    """What of :data:`SANDBOX_STOPS` the object named ``name`` (a qualified or dotted name) tries, if anything."""
+    name = canonical_name(name)
+    return tuple(what for what, entries in SANDBOX_STOPS.items() if any(_matches(name, e) for e in entries))
+
+
+def reaches_local_services(name: str) -> bool:
+    """Whether the object named ``name`` can open a UNIX socket by path (:data:`REACHES_LOCAL_SERVICES`)."""
+    return any(_under(canonical_name(name), entry) for entry in REACHES_LOCAL_SERVICES)
+
+
 def _under(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
@@ -259,6 +326,7 @@ class Value:
     cls: type | None = None
     known: bool = False  # ``obj`` is the concrete object
     provable_path: bool = False  # a path provably inside the bundle (static checks)
+    symbol: str | None = None  # the dotted name of what the check may not import (``subprocess.run``), if that
 
     @staticmethod
     def of(obj: Any) -> Value:
@@ -290,7 +358,8 @@ class Namespace:
 
 @dataclass
 class Check:
-    """What checking one expression found: its problems, its value, what it names and where it writes."""
+    """What checking one expression found: its problems, its value, what it names (qualified names of the objects,
+    dotted names of what it may not import) and where it writes."""
 
     problems: list[str] = field(default_factory=list)
     result: Value = UNKNOWN
@@ -347,8 +416,15 @@ class _Checker:
         self.problems.append(message)
         return UNKNOWN
 
+    def symbol(self, name: str) -> Value:
+        """What the expression names but the check may not import: known by its dotted name only."""
+        self.names.append(name)
+        return Value(symbol=name)
+
     def named(self, value: Value, shown: str) -> Value:
         """A function, class or module that an expression names must be allowed even when it is not called."""
+        if value.symbol is not None:
+            self.names.append(value.symbol)
         if value.known and _is_definition(value.obj):
             self.names.append(qualified_name(value.obj) or shown)
             reason = self.allowlist.reason(value.obj)
@@ -448,10 +524,12 @@ class _Checker:
         if name in SAFE_BUILTINS:
             return Value.of(getattr(builtins, name))
         if name.startswith("_"):
-            return self.flag(f"{name}: names starting with _ are refused")
-        if hasattr(builtins, name):
-            return self.flag(f"{name}: builtins.{name} is not an allowed builtin")
-        return self.flag(f"{name}: not defined by any import of the bundle")
+            self.flag(f"{name}: names starting with _ are refused")
+        elif hasattr(builtins, name):
+            self.flag(f"{name}: builtins.{name} is not an allowed builtin")
+        else:  # a module that another config, or an import this check refused, may bind
+            self.flag(f"{name}: not defined by any import of the bundle")
+        return self.symbol(f"builtins.{name}" if hasattr(builtins, name) else name)
 
     def _on_subscript(self, node: ast.Subscript, local: frozenset[str]) -> Value:
         if isinstance(node.value, ast.Name) and node.value.id == REFS and node.value.id not in local:
@@ -468,6 +546,8 @@ class _Checker:
             self.visit(node.value, local)
             return self.flag(f"{shown}: attributes starting with _ are refused (they can reach arbitrary code)")
         base = self.visit(node.value, local)
+        if base.symbol is not None:
+            return self.symbol(f"{base.symbol}.{node.attr}")
         if base.known and inspect.ismodule(base.obj):
             found = _module_attribute(base.obj, node.attr, self.allowlist)
             if found is None:
@@ -527,10 +607,23 @@ class _Checker:
         if function.cls is not None and not function.known:  # an instance of a known class: its __call__
             reason = self.allowlist.reason(function.cls)
             return self.flag(f"{shown}: {reason}") if reason else UNKNOWN
+        if function.symbol is not None:
+            return self._symbolic_call(function.symbol, node, arguments)
         if len(self.problems) > already:
             return UNKNOWN  # the callee itself was refused; one message is enough
         return self.flag(f"{shown}(...): calls an object of unknown type (only allowed classes and functions, and "
                          "methods of objects of allowed classes, may be called)")  # fmt: skip
+
+    def _symbolic_call(self, callee: str, node: ast.Call, arguments: list[Value]) -> Value:
+        """A call of what the check may not import: ``__import__('os')`` is the module ``os``, ``getattr(x, 'y')`` is
+        ``x.y``, anything else is the call's result (``pathlib.Path()``); a name computed at run time stays the
+        callee's, which :data:`SANDBOX_STOPS` lists."""
+        literal = [a.obj if a.known and isinstance(a.obj, str) else None for a in arguments]
+        if callee in ("builtins.__import__", "importlib.import_module") and literal and literal[0]:
+            return self.symbol(literal[0])
+        if callee == "builtins.getattr" and len(literal) >= 2 and literal[1] and arguments[0].symbol is not None:
+            return self.symbol(f"{arguments[0].symbol}.{literal[1]}")
+        return self.symbol(f"{callee}()")
 
     def _setattr(self, arguments: list[Value], node: ast.Call, local: frozenset[str]) -> Value:
         """``setattr(torch.backends.cudnn, 'benchmark', True)``, as the Model Zoo writes it, and nothing else: named
@@ -650,7 +743,7 @@ def _method(owner: type, name: str) -> Value:
     return Value(obj=_BoundMethod(owner, name, target))
 
 
-def _import_problems(tree: ast.AST, namespace: Namespace, allowlist: Allowlist) -> list[str]:
+def _import_problems(tree: ast.AST, namespace: Namespace, allowlist: Allowlist) -> Check:
     """Imports bind names in the globals all expressions share, as MONAI's ``_parse_import_string`` does."""
     problems = []
     node = tree.body[0]
@@ -662,18 +755,18 @@ def _import_problems(tree: ast.AST, namespace: Namespace, allowlist: Allowlist) 
         module = target = alias.name
         bound = alias.asname or alias.name  # MONAI binds the dotted name itself for `import a.b`
     if node.__class__ is ast.ImportFrom and node.level:
-        return [f"relative import from {'.' * node.level}{module}: runs bundle-local code"]
+        return Check([f"relative import from {'.' * node.level}{module}: runs bundle-local code"])
     if not allowlist.allows_module(module):
-        return [f"import of {module}: not on the allow-list"]
+        return Check([f"import of {module}: not on the allow-list"], names=[target])
     obj, reason = resolve_dotted(target, allowlist)
     if reason:
-        return [f"import of {target}: {reason}"]
+        return Check([f"import of {target}: {reason}"], names=[target])
     reason = allowlist.reason(obj)
     if reason:
         problems.append(f"import of {target}: {reason}")
     else:
         namespace.globals[bound] = Value.of(obj)
-    return problems
+    return Check(problems, names=[qualified_name(obj) or target])
 
 
 def component_problems(
@@ -728,7 +821,7 @@ def _check_parsed(code: str, namespace: Namespace, allowlist: Allowlist) -> Chec
         except SyntaxError as err:
             return Check([f"does not parse as Python ({err.msg}); refused"])
         if len(statement.body) == 1 and isinstance(statement.body[0], ast.Import | ast.ImportFrom):
-            return Check(_import_problems(statement, namespace, allowlist))
+            return _import_problems(statement, namespace, allowlist)
         return Check(["MONAI evaluates only expressions and single import statements; refused"])
     checker = _Checker(namespace, allowlist)
     result = checker.visit(tree, frozenset())

@@ -18,6 +18,7 @@ The configs are read the way MONAI will run them, but nothing of the bundle is e
 from __future__ import annotations
 
 import ast
+import builtins
 import configparser
 import dataclasses
 import functools
@@ -40,11 +41,14 @@ from monai_ext.sharing.allowlist import (
     Check,
     Namespace,
     Value,
+    canonical_name,
     check_code,
     component_problems,
     qualified_name,
+    reaches_local_services,
     resolve_dotted,
     rewrite_like_monai,
+    sandbox_stops,
 )
 from monai_ext.sharing.confined import BUNDLE_OUTPUT_FOLDERS
 
@@ -96,8 +100,14 @@ class AuditItem:
 
     @property
     def needs_review(self) -> bool:
-        """Whether a person should read it: the bundle's own code, and what the sandbox does not contain."""
-        return self.group in ("code", "uncontained")
+        """Whether a person should read it: the bundle's own code, what tries what the sandbox stops, and what the
+        sandbox does not contain."""
+        return self.group in ("code", "stopped", "uncontained")
+
+    @property
+    def fails_strict(self) -> bool:
+        """Whether ``audit --strict`` fails on it: hostile intent, contained or not."""
+        return self.group in ("stopped", "uncontained")
 
 
 @functools.cache
@@ -425,8 +435,8 @@ def audit_bundle(
     imports = [(path, key, value) for path, flat in flats.items() for key, value in flat.items()
                if isinstance(value, str) and value.startswith("$") and _is_import(value[1:])]  # fmt: skip
     for path, key, value in imports:  # MONAI evaluates every import first, into globals all expressions share
-        flags = check_code(value[1:], types.namespace(path), allowlist).problems
-        items.append(_grouped(AuditItem(_source(path, root), key, "import", value, tuple(flags))))
+        check = check_code(value[1:], types.namespace(path), allowlist)
+        items.append(_grouped(AuditItem(_source(path, root), key, "import", value, tuple(check.problems)), check.names))
     for path, flat in flats.items():
         source = _source(path, root)
         for key, value in flat.items():
@@ -472,10 +482,18 @@ def _references(text: str) -> set[str]:
     return {ref[1:].replace("#", SEP) for ref in re.findall(r"@[\w#:]+", text)}
 
 
+def _target_name(target: Any) -> str:
+    """The dotted name a ``_target_`` that was not resolved stands for: MONAI's ``locate`` falls back to Python's
+    builtins for a short name it does not know."""
+    if not isinstance(target, str) or target.startswith(("$", "@")):
+        return ""
+    return f"builtins.{target}" if "." not in target and hasattr(builtins, target) else target
+
+
 def _component_item(source: str, key: str, node: dict, types: _ConfigTypes, path: Path) -> AuditItem:
     flags, resolved = _target_flags(node, types, types.allowlist, path)
     target = node["_target_"]
-    names, writes = [resolved] if resolved else [], []
+    names, writes = [name for name in (resolved or _target_name(target),) if name], []
     if isinstance(target, str) and target.startswith("$"):
         check = types.check(target[1:], path)
         flags += check.problems
@@ -503,13 +521,10 @@ CHECKPOINT_LOADERS = {
 }
 # Not covered by the kernel's rules: a UNIX socket may connect to a local service's named socket (seccomp does not see
 # the path, and Landlock restricts it only from ABI 9 on), and a debugger reads the user's terminal. Each is decided
-# from the config itself, where the audit finds it, not from the wording of the allow-list's reasons.
+# from the objects the config resolves to (allowlist.REACHES_LOCAL_SERVICES), not from its text.
 UNCONTAINED_SOCKET = (
     "a UNIX socket can reach a local service (/run/docker.sock, an ssh-agent), which the sandbox does not restrict"
 )
-# what can open a UNIX socket by path: the socket module, multiprocessing's Client and managers (not torch's
-# sharing-strategy wrapper), asyncio, syslog
-_SOCKET_USE = re.compile(r"\b_?socket\b|(?<!torch\.)\bmultiprocessing\b|\basyncio\b|\bSysLogHandler\b")
 UNCONTAINED_DEBUGGER = "a debugger stops the run and takes commands from the terminal of whoever runs it"
 UNCONTAINED_HANDLER = (
     "a logging handler of another class may write to a local service (SysLogHandler to /dev/log), which the sandbox "
@@ -522,6 +537,8 @@ GROUPS = {
     "reads": ("Reads from", "contained: the sandbox allows only the bundle and the folders you name"),
     "checkpoints": ("Loads checkpoints", "contained: every torch.load of a confined run is weights-only"),
     "untyped": ("The allow-list cannot vouch for", "contained: it runs confined like everything else"),
+    "stopped": ("Tries what the sandbox stops", "needs review: no bundle needs it, and run any other way it succeeds; "
+                "--strict fails on these"),
     "uncontained": ("Not contained by the sandbox", "needs review: --strict fails on these"),
 }  # fmt: skip
 
@@ -545,8 +562,12 @@ def _grouped(
     """The item with the group a reviewer finds it in (empty: allowed and nothing to report) and its detail."""
     if item.group:
         return item
-    if _SOCKET_USE.search(item.text) or any(_SOCKET_USE.match(name) for name in names):
-        return _replace(item, group="uncontained", detail=UNCONTAINED_SOCKET)
+    local = [name for name in names if reaches_local_services(name)]
+    if local:
+        return _replace(item, group="uncontained", detail=f"{UNCONTAINED_SOCKET}: {', '.join(dict.fromkeys(local))}")
+    tries = _what_it_tries(names)
+    if tries:
+        return _replace(item, group="stopped", detail="; ".join(f"{what}: {', '.join(n)}" for what, n in tries.items()))
     if _own_code(item):
         return _replace(item, group="code", detail=item.resolved or item.text)
     loaders = [name for name in names if name in CHECKPOINT_LOADERS]
@@ -559,6 +580,18 @@ def _grouped(
     if item.flags:
         return _replace(item, group="untyped")
     return item
+
+
+def _what_it_tries(names: Sequence[str]) -> dict[str, list[str]]:
+    """What of the sandbox's stops the named objects try, each with the most specific names (``subprocess.run``,
+    not also ``subprocess``)."""
+    found = list(dict.fromkeys(canonical_name(name) for name in names if sandbox_stops(name)))
+    specific = [name for name in found if not any(other.startswith(name + ".") for other in found)]
+    tries: dict[str, list[str]] = {}
+    for name in specific:
+        for what in sandbox_stops(name):
+            tries.setdefault(what, []).append(name)
+    return tries
 
 
 def _folder(writer: str, target: Value) -> Value:
@@ -697,14 +730,13 @@ def format_report(items: list[AuditItem], verbose: bool = False) -> str:
         lines += ["", "Resolved to allowed objects:"]
         lines += [f"  {i.source}: {i.key}: {i.text:.160}" + (f" -> {i.resolved}" if i.resolved else "")
                   for i in items if not i.group]  # fmt: skip
-    review = [item for item in items if item.needs_review]
-    uncontained = sum(not item.contained for item in items)
+    review = {group: sum(item.group == group for item in items) for group in ("code", "stopped", "uncontained")}
     listed = sum(bool(item.group) for item in items)
     lines += [
         "",
         f"{len(items)} items: {len(items) - listed} resolve to allowed objects, {listed} listed above; "
-        f"{len(review)} need review ({len(review) - uncontained} the bundle's own code, {uncontained} not contained "
-        "by the sandbox)",
+        f"{sum(review.values())} need review ({review['code']} the bundle's own code, {review['stopped']} try what "
+        f"the sandbox stops, {review['uncontained']} not contained by the sandbox)",
     ]
     return "\n".join(lines)
 
@@ -728,7 +760,7 @@ def audit(
 
     Args:
         bundle_dir: the bundle root, holding configs/.
-        strict: exit with status 1 when anything is not contained by the sandbox.
+        strict: exit with status 1 when anything tries what the sandbox stops or is not contained by it.
         extra_configs: config files from outside the bundle that runs merge with it (comma-separated or a list).
         allow: qualified names or module prefixes to accept besides the allow-list (comma-separated or a list);
             they are listed in the report.
@@ -746,7 +778,7 @@ def audit(
     report = f"Audit of {bundle_dir}\n" + format_report(items, verbose)
     if allow:
         report += "\nallowed beyond the allow-list by --allow: " + ", ".join(allow)
-    if strict and not all(item.contained for item in items):
+    if strict and any(item.fails_strict for item in items):
         print(report)
         raise SystemExit(1)
     return report

@@ -10,6 +10,7 @@ is complete on its own, so the archive holds that folder and nothing from around
 
 from __future__ import annotations
 
+import collections
 import fnmatch
 import hashlib
 import json
@@ -417,9 +418,21 @@ def pack(bundle_dir: str, out_zip: str, sign: str | None = None) -> str:
 
 
 def _needs_acceptance(item: AuditItem) -> bool:
-    """What the sandbox of ``monai_ext run`` does not contain, and modules of the bundle that shadow an import name
-    (run confined too, but in place of a library a reviewer thinks is running)."""
-    return not item.contained or (item.group == "code" and bool(item.flags))
+    """What the sandbox of ``monai_ext run`` does not contain, what tries what it stops (hostile intent, which runs
+    unconfined under any other runner), and modules of the bundle that shadow an import name (run confined too, but
+    in place of a library a reviewer thinks is running)."""
+    return item.fails_strict or (item.group == "code" and bool(item.flags))
+
+
+def acceptance_names(items: Sequence[AuditItem]) -> list[str]:
+    """The name of each finding for ``--accept``: ``SOURCE:KEY``, with ``#2``, ``#3``... on later findings that
+    share one, so that accepting a name accepts exactly one finding."""
+    names, seen = [], collections.Counter()
+    for item in items:
+        name = f"{item.source}:{item.key}"
+        seen[name] += 1
+        names.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return names
 
 
 def unpack(
@@ -467,7 +480,7 @@ def unpack(
             found["manifest"], bundle_metadata if isinstance(bundle_metadata, dict) else None
         )
         review = [item for item in found["items"] if _needs_acceptance(item)]
-        unaccepted = [name for name in (f"{item.source}:{item.key}" for item in review) if name not in accepted]
+        unaccepted = [name for name in acceptance_names(review) if name not in accepted]
         if unaccepted:
             raise PackageError(
                 "the audit has findings that need review, and nothing was installed:\n"
