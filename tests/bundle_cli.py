@@ -15,8 +15,8 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from monai_ext.sharing.audit import DEFINITION_FOLDERS
 from monai_ext.sharing.packaging import INCLUDED_ROOT_FILES
+from monai_ext.sharing.sandbox.layout import DEFINITION_FOLDERS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -353,7 +353,7 @@ def test_logging_conf_is_read_as_fileconfig_reads_it(construct, tmp_path):
 
 def test_ids_are_looked_up_not_copied_per_expression():
     # copying the config's ids for every expression made the audit quadratic (8,000 expressions: 10 s)
-    from monai_ext.sharing.allowlist import rewrite_like_monai
+    from monai_ext.sharing.expressions import rewrite_like_monai
 
     class CountingIds(set):
         iterations = 0

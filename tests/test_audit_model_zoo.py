@@ -16,8 +16,8 @@ import torch
 from bundle_cli import run_cli
 from monai.networks.nets import UNet
 
-from monai_ext.sharing import landlock
 from monai_ext.sharing.audit import audit, audit_bundle, write_folders
+from monai_ext.sharing.sandbox import landlock
 
 ZOO = Path(__file__).parent / "data" / "model_zoo"
 

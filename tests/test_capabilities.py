@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from monai_ext.sharing import capabilities
+from monai_ext.sharing.sandbox import capabilities
 
 if platform.system() != "Linux":
     pytest.skip("capabilities are Linux's", allow_module_level=True)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from bundle_cli import run_cli
 
-from monai_ext.sharing import confined, landlock
+from monai_ext.sharing.sandbox import landlock, rules, supervisor
 
 try:
     ABI = landlock.abi_version()
@@ -72,7 +72,7 @@ def test_inside_the_sandbox_writes_outside_fail_and_no_program_starts(tmp_path, 
     bundle = _bundle(tmp_path / "bundle", ["$None"])
     private = tmp_path / "private"
     private.mkdir()
-    readable, writable = confined.sandbox_paths(bundle, {}, private)
+    readable, writable = rules.sandbox_paths(bundle, {}, private)
     probe = f"""
 import importlib.util, json, os, socket, subprocess, sys
 {_LOAD_LANDLOCK}ll.restrict({readable!r}, {writable!r})
@@ -114,7 +114,7 @@ def test_no_device_fifo_or_named_socket_can_be_made_in_a_writable_folder(tmp_pat
     bundle = _bundle(tmp_path / "bundle", ["$None"])
     private = tmp_path / "private"
     private.mkdir()
-    readable, writable = confined.sandbox_paths(bundle, {}, private)
+    readable, writable = rules.sandbox_paths(bundle, {}, private)
     models = bundle / "models"
     probe = f"""
 import importlib.util, json, os, socket, stat, sys
@@ -416,9 +416,15 @@ def test_each_payload_works_when_nothing_confines_it(name, tmp_path, outside, mo
     assert UNCONFINED_EFFECT[name] in [p.name for p in outside.iterdir()]
 
 
-# replaces the bootstrap's last line: one fork per payload bundle, each running it as the confined child would
+# the bootstrap's confinement, then one fork per payload bundle, each running it as the confined child would
 _FORK_EACH_RUN = """
-import os, traceback
+import importlib.util, json, os, sys, traceback
+spec = json.loads(sys.argv[1])
+loader = importlib.util.spec_from_file_location("bootstrap", spec["bootstrap"])
+bootstrap = importlib.util.module_from_spec(loader)
+loader.loader.exec_module(bootstrap)
+bootstrap.confine(spec)
+from monai_ext.sharing.safe_run import run_from_child
 codes = {}
 for name, run in spec["runs"].items():
     sys.stdout.flush()
@@ -446,8 +452,8 @@ def payloads_run_confined(tmp_path_factory):
     bootstrap. It confines one process, which forks a run per bundle: the kernel's rules pass to every fork, and torch
     and MONAI are imported once instead of once per payload (about 5 s each). The rules are the union of what each
     bundle's run may read and write; no payload's outside folder is among them."""
-    from monai_ext.sharing import capabilities, seccomp
     from monai_ext.sharing.audit import audit_bundle, write_folders
+    from monai_ext.sharing.sandbox import bootstrap
 
     root = tmp_path_factory.mktemp("payloads")
     private, invoking = root / "private", root / "cwd"
@@ -460,19 +466,16 @@ def payloads_run_confined(tmp_path_factory):
         (outsides[name] / "kept.txt").write_text("the lab's file")
         payload = _payloads(outsides[name])[name]
         bundle = _payload_bundle(root / str(number) / "bundle", payload)
-        may_read, may_write = confined.sandbox_paths(bundle, {}, private, write_folders(audit_bundle(bundle)))
+        may_read, may_write = rules.sandbox_paths(bundle, {}, private, write_folders(audit_bundle(bundle)))
         readable.update(dict.fromkeys(may_read))
         writable.update(dict.fromkeys(may_write))
         tops[name] = sorted(p.name for p in bundle.iterdir())
         runs[name] = {"bundle_root": str(bundle.resolve()), "config_file": None, "meta_file": None,
                       "logging_file": None, "allow": [], "overrides": {}}  # fmt: skip
-    harness = confined._BOOTSTRAP.replace("sys.exit(run_from_child(spec))", _FORK_EACH_RUN)
-    assert harness != confined._BOOTSTRAP, "the bootstrap no longer ends as this harness expects"
-    spec = {"capabilities": capabilities.__file__, "landlock": landlock.__file__, "seccomp": seccomp.__file__,
-            "readable": list(readable), "writable": list(writable), "socket_folders": [str(private)],
-            "runs": runs}  # fmt: skip
-    command = [sys.executable, "-I", "-B", "-c", harness, json.dumps(spec)]
-    environment = confined._child_environment(str(private))
+    spec = {"bootstrap": bootstrap.__file__, "readable": list(readable), "writable": list(writable),
+            "socket_folders": [str(private)], "runs": runs}  # fmt: skip
+    command = [sys.executable, "-I", "-B", "-c", _FORK_EACH_RUN, json.dumps(spec)]
+    environment = supervisor._child_environment(str(private))
     done = subprocess.run(command, cwd=invoking, env=environment, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr, outsides, invoking, tops
@@ -525,7 +528,7 @@ def _reaches_the_listener_only_unconfined(tmp_path, monkeypatch, capfd, payload,
     received = receive(5)
 
     monkeypatch.chdir(tmp_path)
-    code = confined.run_confined(_bundle(tmp_path / "confined", [payload]), None, None, None, (), {})
+    code = supervisor.run_confined(_bundle(tmp_path / "confined", [payload]), None, None, None, (), {})
     err = capfd.readouterr().err
     assert code != 0 and "no sockets but UNIX ones (seccomp)" in err and "PermissionError: [Errno 13]" in err
     with pytest.raises(TimeoutError):
@@ -609,7 +612,7 @@ def test_the_working_directory_on_sys_path_is_not_made_readable(tmp_path, monkey
     monkeypatch.chdir(home)
     monkeypatch.syspath_prepend(str(home))  # as `python -m monai_ext run` started from the home folder does
     bundle = _bundle(tmp_path / "bundle", ["$None"])
-    readable, writable = confined.sandbox_paths(bundle, {}, tmp_path / "private")
+    readable, writable = rules.sandbox_paths(bundle, {}, tmp_path / "private")
     assert str(home) not in readable + writable and str(bundle) in readable
 
 
@@ -645,7 +648,7 @@ def test_a_signed_archive_with_a_module_named_itk_is_held_back_then_runs_confine
     report = unpack(str(tmp_path / "signed.zip"), str(tmp_path / "received"), trust=str(tmp_path / "lab.pub"),
                     accept="itk.py:itk")  # fmt: skip
     assert "signature: valid, signed by the trusted key" in report
-    confined.run_confined(tmp_path / "received", None, None, None, (), {})
+    supervisor.run_confined(tmp_path / "received", None, None, None, (), {})
     assert (tmp_path / "received" / "models" / "itk_ran.txt").exists(), "MONAI's import of itk ran the bundle's file"
     _outside_is_untouched(outside, ["kept.txt"])
 
@@ -655,7 +658,7 @@ def test_only_output_folders_are_writable_whatever_the_configs_write_to(tmp_path
     private = tmp_path / "private"
     private.mkdir()
     configs_write_to = ["monai", ".git", "__pycache__", "output", "runs"]
-    _, writable = confined.sandbox_paths(bundle, {}, private, configs_write_to)
+    _, writable = rules.sandbox_paths(bundle, {}, private, configs_write_to)
     top = {Path(path).name for path in writable if Path(path).parent == bundle.resolve()}
     assert top == {"models", "eval", "outputs", "dataset", "logs", "output", "runs"}
     assert not any((bundle / name).exists() for name in ("monai", ".git", "__pycache__"))
@@ -696,7 +699,7 @@ def test_pythonpath_folders_and_the_checkout_around_monai_ext_are_not_readable(t
     bundle = _bundle(tmp_path / "bundle", ["$None"])
     private = tmp_path / "private"
     private.mkdir()
-    readable, writable = confined.sandbox_paths(bundle, {}, private)
+    readable, writable = rules.sandbox_paths(bundle, {}, private)
     probe = f"""
 import importlib.util, json, sys
 {_LOAD_LANDLOCK}def attempts():

@@ -196,7 +196,7 @@ def _noise(folder):
 
 @pytest.mark.slow
 def test_migrated_inference_runs_confined(zoo, tmp_path):
-    from monai_ext.sharing import landlock
+    from monai_ext.sharing.sandbox import landlock
 
     try:
         landlock.abi_version()

@@ -168,6 +168,44 @@ def test_the_audit_flags_and_the_safe_runner_refuses_each_construct(name, tmp_pa
     assert not marker.exists(), f"{name}: the payload ran"
 
 
+# constructs whose every item the audit lists as contained: writes and loads the sandbox bounds, and what the
+# allow-list cannot vouch for but no runner lets do harm (rebinding a name, walking dunders, pickles that
+# weights-only loading refuses)
+CONTAINED_CONSTRUCTS = {
+    "serialization_load", "numpy_pickle", "lambda_binds_exec", "path_built_with_os_sep", "torch_save_keyword_path",
+    "verify_switched_off", "image_writer_method", "atomic_write_outside", "save_state_outside", "dunder_escape",
+}  # fmt: skip
+
+
+def test_every_construct_that_runs_code_or_starts_programs_needs_review(tmp_path):
+    """A reviewer reading "0 need review" must be able to trust it: every construct that reaches code, programs,
+    files by path or a debugger counts in the summary and fails --strict."""
+    review = set()
+    for name in CONSTRUCTS:
+        bundle, _, _ = _doctored(tmp_path / name, name)
+        if any(item.needs_review and (item.fails_strict or item.group == "code") for item in audit_bundle(bundle)):
+            review.add(name)
+    assert set(CONSTRUCTS) - review == CONTAINED_CONSTRUCTS
+
+
+def test_a_macro_into_an_output_folder_is_refused_even_where_the_kernel_confines(tmp_path, monkeypatch):
+    """A confined run could write models/extra.json; MONAI's own runner would later read it as config."""
+    root = tmp_path / "bundle"
+    (root / "configs").mkdir(parents=True)
+    (root / "configs" / "train.json").write_text(json.dumps({**BASE, "later": "%models/extra.json#payload"}))
+    [item] = [item for item in audit_bundle(root) if item.key == "later"]
+    assert (item.group, item.fails_strict) == ("uncontained", True)
+    assert "outside the bundle's definition (configs/, docs/, scripts/), where a run may write" in item.flags[0]
+    monkeypatch.chdir(root)
+    with pytest.raises(UnsafeConfigError, match=r"macros must pull from the bundle's definition: later: "):
+        run_bundle(root, logging_file=False, advisory=True)
+    assert not (root / "models").exists(), "refused before anything ran"
+    (root / "configs" / "train.json").write_text(json.dumps({**BASE, "later": "%configs/extra.json#payload"}))
+    (root / "configs" / "extra.json").write_text(json.dumps({"payload": 1}))
+    assert [item.group for item in audit_bundle(root) if item.key == "later"] == [""]
+    run_bundle(root, logging_file=False, advisory=True)
+
+
 def test_monai_checkpoint_loader_is_listed_and_loads_weights_only(tmp_path, monkeypatch):
     # MONAI's CheckpointLoader calls torch.load(weights_only=True): a pickled payload cannot run, so it is allowed,
     # and the audit lists the load (it is not checked against a SHA-256)

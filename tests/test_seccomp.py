@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from monai_ext.sharing import seccomp
+from monai_ext.sharing.sandbox import seccomp
 
 if platform.system() != "Linux" or platform.machine() not in ("x86_64", "aarch64", "riscv64"):
     pytest.skip(f"no seccomp filter for {platform.system()} on {platform.machine()}", allow_module_level=True)

@@ -1,7 +1,3 @@
 """Sharing bundles between labs safely: checkpoint integrity, the allow-list audit, the safe runner, pack/unpack and
 signing. A bundle from another lab is hostile input: these tools allow what they can prove safe and refuse the rest.
 """
-
-from monai_ext.sharing import allowlist, audit, checkpoint, packaging, safe_run, signing
-
-__all__ = ["allowlist", "audit", "checkpoint", "packaging", "safe_run", "signing"]

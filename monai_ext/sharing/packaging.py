@@ -28,7 +28,7 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 
 from monai_ext.sharing import signing
-from monai_ext.sharing.audit import DEFINITION_FOLDERS, AuditItem, audit_bundle, format_report
+from monai_ext.sharing.audit import AuditItem, audit_bundle, format_report
 from monai_ext.sharing.checkpoint import (
     SHA256_MANIFEST,
     CheckpointIntegrityError,
@@ -37,6 +37,7 @@ from monai_ext.sharing.checkpoint import (
     read_manifest,
     verify_sha256,
 )
+from monai_ext.sharing.sandbox.layout import DEFINITION_FOLDERS
 from monai_ext.sharing.signing import SIGNATURE_FILE
 
 __all__ = [

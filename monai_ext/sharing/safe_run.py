@@ -1,7 +1,7 @@
 """``python -m monai_ext run BUNDLE_DIR``: run another lab's bundle confined by the kernel.
 
 The run happens in a child process that Landlock and a seccomp filter confine before it imports torch or monai
-(:mod:`monai_ext.sharing.confined`): whatever an item does, it cannot write outside the allowed folders, start a
+(:mod:`monai_ext.sharing.sandbox`): whatever an item does, it cannot write outside the allowed folders, start a
 program, open a TCP connection or create any socket but a UNIX one. The kernel is the enforcement, because an
 in-process check of ``eval``'d Python can always be routed around.
 
@@ -26,17 +26,10 @@ from typing import Any
 
 from monai.bundle import ConfigComponent, ConfigExpression, ConfigItem, ConfigParser, ConfigWorkflow
 
-from monai_ext.sharing.allowlist import (
-    REFS,
-    UNKNOWN,
-    Allowlist,
-    Namespace,
-    Value,
-    check_code,
-    component_problems,
-    resolve_dotted,
-)
+from monai_ext.sharing.allowlist import Allowlist, component_problems, resolve_dotted
 from monai_ext.sharing.audit import audit_logging_conf
+from monai_ext.sharing.audit.configs import undefined_macros
+from monai_ext.sharing.expressions import REFS, UNKNOWN, Namespace, Value, check_code
 
 __all__ = ["UnsafeConfigError", "run", "run_bundle", "run_from_child"]
 
@@ -176,7 +169,8 @@ def run_bundle(
         The workflow, after ``initialize``, ``run`` and ``finalize``.
 
     Raises:
-        UnsafeConfigError: an item, override or logging.conf entry is not on the allow-list; nothing of it ran.
+        UnsafeConfigError: an item, override or logging.conf entry is not on the allow-list, or a macro pulls from
+            outside the bundle's definition (always refused); nothing of it ran.
     """
     root = Path(bundle_dir).resolve()
     files = [config_file] if isinstance(config_file, str) else list(config_file or ["configs/train.json"])
@@ -199,6 +193,9 @@ def run_bundle(
     workflow = _BundleLastWorkflow(
         config_file=files, meta_file=meta, logging_file=logging_file or False, workflow_type=workflow_type, **override
     )
+    undefined = undefined_macros(workflow.parser.get(), root)
+    if undefined:  # the kernel cannot help here: the harm is in a later run, not this one
+        raise UnsafeConfigError("refused: macros must pull from the bundle's definition: " + "; ".join(undefined))
     workflow.parser = _CheckedParser(workflow.parser.get(), guard)
     workflow.initialize()
     workflow.run()
@@ -228,10 +225,14 @@ def run_from_child(spec: dict[str, Any]) -> int:
     """The confined child's side of :func:`run`: run the workflow, noting what the allow-list cannot vouch for (the
     kernel enforces), and return the exit code."""
     _weights_only_torch_load()
-    run_bundle(
-        spec["bundle_root"], spec["config_file"], spec["meta_file"], spec["logging_file"], spec["allow"],
-        advisory=True, **spec["overrides"],
-    )  # fmt: skip
+    try:
+        run_bundle(
+            spec["bundle_root"], spec["config_file"], spec["meta_file"], spec["logging_file"], spec["allow"],
+            advisory=True, **spec["overrides"],
+        )  # fmt: skip
+    except UnsafeConfigError as err:
+        print(f"monai_ext run: {err}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
@@ -275,8 +276,8 @@ def run(
             vouch for.
         override: --id value pairs, as for `python -m monai.bundle run`.
     """
-    from monai_ext.sharing.confined import ConfinementError, run_confined
-    from monai_ext.sharing.landlock import LandlockUnavailableError
+    from monai_ext.sharing.sandbox.landlock import LandlockUnavailableError
+    from monai_ext.sharing.sandbox.supervisor import ConfinementError, run_confined
 
     if isinstance(config_file, str) and "," in config_file:
         config_file = [f for f in config_file.split(",") if f]

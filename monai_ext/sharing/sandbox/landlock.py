@@ -2,7 +2,7 @@
 
 A process restricts itself, and every process it forks, to the file hierarchies it names. Nothing the process does
 afterwards, and no Python code it evaluates, can lift the restriction. Used by ``monai_ext run`` to confine a
-received bundle (see :mod:`monai_ext.sharing.confined`). This module imports nothing outside the standard library,
+received bundle (see :mod:`monai_ext.sharing.sandbox`). This module imports nothing outside the standard library,
 so the confined process applies it before it imports torch or monai.
 
 Why our own binding rather than the ``landlock`` or ``py-landlock`` packages: the three calls and four structures

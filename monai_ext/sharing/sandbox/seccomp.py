@@ -1,6 +1,6 @@
 """A seccomp filter for a confined run: only UNIX sockets, no programs, no keyrings, no typing into a terminal.
 
-Landlock (:mod:`monai_ext.sharing.landlock`) leaves gaps that only system call filtering closes (standard library
+Landlock (:mod:`.landlock`) leaves gaps that only system call filtering closes (standard library
 only). The filter holds for the process and every process it forks, and nothing can remove it:
 
 - ``socket()`` of any family but ``AF_UNIX`` fails with ``EACCES``, whatever the protocol, and so does
