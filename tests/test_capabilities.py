@@ -3,7 +3,10 @@
 import json
 import os
 import platform
+import shutil
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -64,3 +67,32 @@ def test_capabilities_do_not_come_back_in_a_forked_grandchild():
         return _in_child(lambda: capabilities.capability_sets()["CapEff"])
 
     assert _in_child(probe) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_as_an_unprivileged_user_root_processes_stay_unreadable_and_own_ones_do_not(tmp_path):
+    """The documented gap: dropping capabilities protects processes that hold more (root's); an unprivileged user's
+    confined run can still read the environment of that user's other processes."""
+    probe = f"""
+import importlib.util, json, os, sys
+spec = importlib.util.spec_from_file_location("caps", {capabilities.__file__!r})
+caps = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(caps)
+def read(pid):
+    try:
+        open(f"/proc/{{pid}}/environ", "rb").read(1)
+        return "read"
+    except OSError as err:
+        return type(err).__name__
+read_end, write_end = os.pipe()
+if os.fork() == 0:
+    caps.drop_all_capabilities()
+    os.write(write_end, json.dumps({{"own_parent": read(os.getppid()), "root": read({os.getpid()})}}).encode())
+    os._exit(0)
+os.close(write_end)
+os.wait()
+print(os.read(read_end, 1000).decode())
+"""
+    command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-I", "-c", probe]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert json.loads(done.stdout) == {"own_parent": "read", "root": "PermissionError"}, done.stderr

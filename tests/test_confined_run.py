@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import pickle
+import shutil
 import socket
 import subprocess
 import sys
@@ -50,10 +51,29 @@ ll = importlib.util.module_from_spec(spec); sys.modules["ll"] = ll; spec.loader.
 """
 
 
-def _run_probe(probe):
-    """Run a probe script in a fresh isolated interpreter; return the JSON its last line prints."""
-    done = subprocess.run([sys.executable, "-I", "-B", "-c", probe], capture_output=True, text=True, timeout=120)
+NOBODY = 65534
+# root, as this machine and most containers run; and an unprivileged user, through setpriv where the tests run as root
+USERS = [
+    "as_started",
+    pytest.param("unprivileged", marks=pytest.mark.skipif(
+        os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv to become another user"
+    )),
+]  # fmt: skip
+
+
+def _run_probe(probe, user="as_started"):
+    """Run a probe script in a fresh isolated interpreter, as ``user``; return the JSON its last line prints."""
+    become = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"] if user == "unprivileged" else []
+    done = subprocess.run([*become, sys.executable, "-I", "-B", "-c", probe], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _hand_over(folder, user):
+    """Give the probe's user the folder tree it works in, as its own files would be."""
+    if user == "unprivileged":
+        for path in [folder, *folder.rglob("*")]:
+            os.chown(path, NOBODY, NOBODY)
 
 
 def _outside_is_untouched(outside, before):
@@ -68,11 +88,17 @@ def outside(tmp_path):
     return folder
 
 
-def test_inside_the_sandbox_writes_outside_fail_and_no_program_starts(tmp_path, outside):
+@pytest.mark.parametrize("user", USERS)
+def test_inside_the_sandbox_writes_outside_fail_and_no_program_starts(open_tmp_path, user):
+    tmp_path = open_tmp_path
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "kept.txt").write_text("the lab's file")
     bundle = _bundle(tmp_path / "bundle", ["$None"])
     private = tmp_path / "private"
     private.mkdir()
     readable, writable = rules.sandbox_paths(bundle, {}, private)
+    _hand_over(tmp_path, user)
     probe = f"""
 import importlib.util, json, os, socket, subprocess, sys
 {_LOAD_LANDLOCK}ll.restrict({readable!r}, {writable!r})
@@ -94,7 +120,7 @@ for name, action in {{
 found["os.system"] = os.system("touch {outside / "z.txt"}")
 print(json.dumps(found))
 """
-    found = _run_probe(probe)
+    found = _run_probe(probe, user)
     assert found.pop("os.system") != 0
     expected = {"write_outside": "PermissionError", "overwrite_outside": "PermissionError",
                 "write_configs": "PermissionError", "subprocess": "PermissionError"}  # fmt: skip
@@ -107,14 +133,17 @@ print(json.dumps(found))
     _outside_is_untouched(outside, ["kept.txt"])
 
 
-def test_no_device_fifo_or_named_socket_can_be_made_in_a_writable_folder(tmp_path):
+@pytest.mark.parametrize("user", USERS)
+def test_no_device_fifo_or_named_socket_can_be_made_in_a_writable_folder(open_tmp_path, user):
     """As root a bundle made a block device node in models/ and read a disk through it; the same calls before the
     rules are the control. Named sockets only in the private folder, deleted after the run, where DataLoader workers
     need one."""
+    tmp_path = open_tmp_path
     bundle = _bundle(tmp_path / "bundle", ["$None"])
     private = tmp_path / "private"
     private.mkdir()
     readable, writable = rules.sandbox_paths(bundle, {}, private)
+    _hand_over(tmp_path, user)
     models = bundle / "models"
     probe = f"""
 import importlib.util, json, os, socket, stat, sys
@@ -138,9 +167,11 @@ before = attempts("before_")
 ll.restrict({readable!r}, {writable!r}, [{str(private)!r}])
 print(json.dumps({{"before": before, "after": attempts("after_")}}))
 """
-    found = _run_probe(probe)
+    found = _run_probe(probe, user)
     kinds = ("fifo", "block_device", "named_socket", "regular_file", "socket_in_the_private_folder")
-    if os.geteuid() == 0:
+    if user == "unprivileged":  # no CAP_MKNOD: the kernel refuses device nodes before any rule
+        assert found["before"] == {**dict.fromkeys(kinds, "made"), "block_device": "PermissionError"}
+    elif os.geteuid() == 0:
         assert found["before"] == dict.fromkeys(kinds, "made")
     denied = "PermissionError"
     assert found["after"] == {"fifo": denied, "block_device": denied, "named_socket": denied, "regular_file": "made",

@@ -2,9 +2,12 @@
 
 import ctypes
 import errno
+import fcntl
 import os
 import platform
+import signal
 import socket
+import termios
 
 import pytest
 
@@ -17,13 +20,24 @@ IO_URING_SETUP = 425
 IPPROTO_MPTCP = 262
 
 
-def _in_filtered_child(probe):
-    """Run ``probe()`` in a forked child after the filter is installed; return what it returned (a short string)."""
+NOBODY = 65534
+# root, as this machine and most containers run; and an unprivileged user, where the tests run as root to become one
+USERS = ["as_started", pytest.param("unprivileged", marks=pytest.mark.skipif(os.geteuid() != 0, reason="needs root"))]
+
+
+def _in_filtered_child(probe, user="as_started", filtered=True):
+    """Run ``probe()`` in a forked child, as ``user``, after the filter is installed (unless not ``filtered``);
+    return what it returned (a short string)."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
-            seccomp.restrict_system_calls()
+            if user == "unprivileged":
+                os.setgroups([])
+                os.setresgid(NOBODY, NOBODY, NOBODY)
+                os.setresuid(NOBODY, NOBODY, NOBODY)
+            if filtered:
+                seccomp.restrict_system_calls()
             os.write(write, probe().encode())
         finally:
             os._exit(0)
@@ -41,7 +55,8 @@ def _socket_errno(family, kind, protocol=0):
     return 0
 
 
-def test_only_unix_sockets_can_be_created_after_the_filter_and_all_can_before():
+@pytest.mark.parametrize("user", USERS)
+def test_only_unix_sockets_can_be_created_after_the_filter_and_all_can_before(user):
     families = {
         "udp": (socket.AF_INET, socket.SOCK_DGRAM),
         "udp6": (socket.AF_INET6, socket.SOCK_DGRAM),
@@ -50,9 +65,12 @@ def test_only_unix_sockets_can_be_created_after_the_filter_and_all_can_before():
         "unix": (socket.AF_UNIX, socket.SOCK_STREAM),
         "unix_datagram": (socket.AF_UNIX, socket.SOCK_DGRAM),
     }
-    before = {name: _socket_errno(*args) for name, args in families.items()}
-    after = _in_filtered_child(lambda: ",".join(f"{n}={_socket_errno(*a)}" for n, a in families.items()))
-    assert before == dict.fromkeys(families, 0)
+
+    def probe():
+        return ",".join(f"{n}={_socket_errno(*a)}" for n, a in families.items())
+
+    before, after = _in_filtered_child(probe, user, filtered=False), _in_filtered_child(probe, user)
+    assert before == ",".join(f"{name}=0" for name in families)
     denied = errno.EACCES
     assert after == f"udp={denied},udp6={denied},tcp={denied},netlink={denied},unix=0,unix_datagram=0"
 
@@ -106,10 +124,12 @@ def _program_from_memory_errno(target):
     return 0
 
 
-def test_no_program_starts_after_the_filter_not_even_from_memory(tmp_path):
-    before = _program_from_memory_errno(str(tmp_path / "before"))
+@pytest.mark.parametrize("user", USERS)
+def test_no_program_starts_after_the_filter_not_even_from_memory(open_tmp_path, user):
+    tmp_path = open_tmp_path
+    before = int(_in_filtered_child(lambda: str(_program_from_memory_errno(str(tmp_path / "before"))), user, False))
     assert before == 0 and (tmp_path / "before").exists()
-    after = _in_filtered_child(lambda: str(_program_from_memory_errno(str(tmp_path / "after"))))
+    after = _in_filtered_child(lambda: str(_program_from_memory_errno(str(tmp_path / "after"))), user)
     assert after == str(errno.EACCES) and not (tmp_path / "after").exists()
 
 
@@ -120,19 +140,20 @@ def _add_key_errno():
     return 0 if serial > 0 else ctypes.get_errno()
 
 
-def test_keyrings_are_unreachable_after_the_filter():
-    before = _add_key_errno()
+@pytest.mark.parametrize("user", USERS)
+def test_keyrings_are_unreachable_after_the_filter(user):
+    before = int(_in_filtered_child(lambda: str(_add_key_errno()), user, filtered=False))
     if before:
         pytest.skip(f"keyrings are unavailable here before any filter: {errno.errorcode.get(before, before)}")
-    assert _in_filtered_child(lambda: str(_add_key_errno())) == str(errno.EPERM)
+    assert _in_filtered_child(lambda: str(_add_key_errno()), user) == str(errno.EPERM)
 
 
 def _typing_into_a_terminal_errno():
-    import fcntl
-    import termios
-
     controller, terminal = os.openpty()
     try:
+        os.setsid()  # the pty becomes this process's controlling terminal: typing into it needs no privilege then
+        fcntl.ioctl(terminal, termios.TIOCSCTTY, 0)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # sent when the pty closes below
         fcntl.ioctl(terminal, termios.TIOCSTI, b"x")
     except OSError as err:
         return err.errno
@@ -142,11 +163,12 @@ def _typing_into_a_terminal_errno():
     return 0
 
 
-def test_typing_into_a_terminal_is_refused_after_the_filter():
-    before = _typing_into_a_terminal_errno()
+@pytest.mark.parametrize("user", USERS)
+def test_typing_into_a_terminal_is_refused_after_the_filter(user):
+    before = int(_in_filtered_child(lambda: str(_typing_into_a_terminal_errno()), user, filtered=False))
     if before:
         pytest.skip(f"TIOCSTI is refused here before any filter (dev.tty.legacy_tiocsti = 0?): {before}")
-    assert _in_filtered_child(lambda: str(_typing_into_a_terminal_errno())) == str(errno.EPERM)
+    assert _in_filtered_child(lambda: str(_typing_into_a_terminal_errno()), user) == str(errno.EPERM)
 
 
 def test_bpf_is_refused_after_the_filter():
