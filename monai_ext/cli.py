@@ -68,11 +68,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Make an Ed25519 key pair for signing bundles: keep PRIVATE secret, give PUBLIC to the labs you share with.",
     ),
     "pack": (
-        "monai_ext.sharing.packaging:pack",
+        "monai_ext.sharing.exchange:pack",
         "Pack a bundle folder (configs, docs, license, models, scripts) into a zip with SHA-256 hashes and versions.",
     ),
     "unpack": (
-        "monai_ext.sharing.packaging:unpack",
+        "monai_ext.sharing.exchange:unpack",
         "Verify a bundle zip (names, sizes, signature, hashes), audit it, print what to install; then extract it.",
     ),
 }

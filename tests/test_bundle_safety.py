@@ -12,7 +12,8 @@ from bundle_cli import config_files, copy_bundle, run_cli, tiny_msd
 
 from monai_ext.sharing.audit import audit_bundle
 from monai_ext.sharing.checkpoint import load_checkpoint, verify_sha256
-from monai_ext.sharing.packaging import pack_bundle, run_command, unpack, unpack_bundle
+from monai_ext.sharing.exchange import run_command, unpack
+from monai_ext.sharing.packaging import pack_bundle, unpack_bundle
 
 pytestmark = pytest.mark.slow
 

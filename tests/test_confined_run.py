@@ -652,7 +652,8 @@ def test_a_signed_archive_with_a_module_named_itk_is_held_back_then_runs_confine
     import zipfile
 
     from monai_ext.sharing import signing
-    from monai_ext.sharing.packaging import PACKAGE_MANIFEST, pack_bundle, unpack
+    from monai_ext.sharing.exchange import unpack
+    from monai_ext.sharing.packaging import PACKAGE_MANIFEST, pack_bundle
 
     signing.keygen(str(tmp_path / "lab.key"), str(tmp_path / "lab.pub"))
     # MONAI imports optional packages by name; with no itk installed, the name reaches the bundle's file

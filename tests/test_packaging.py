@@ -19,12 +19,12 @@ from monai_ext.sharing.checkpoint import (
     read_manifest,
     record_sha256,
 )
+from monai_ext.sharing.exchange import unpack
 from monai_ext.sharing.packaging import (
     PACKAGE_MANIFEST,
     PackageError,
     install_instructions,
     pack_bundle,
-    unpack,
     unpack_bundle,
 )
 from monai_ext.sharing.signing import SIGNATURE_FILE
@@ -391,7 +391,7 @@ def test_findings_are_installed_only_when_accepted_by_name(bundle, tmp_path, cap
 
 def test_each_finding_has_an_acceptance_name_of_its_own():
     from monai_ext.sharing.audit import AuditItem
-    from monai_ext.sharing.packaging import acceptance_names
+    from monai_ext.sharing.exchange import acceptance_names
 
     items = [
         AuditItem("configs/train.json", "payload", "expression", "$exec('1')", group="stopped"),
