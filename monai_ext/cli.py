@@ -40,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Check every case of an MSD-layout dataset directory once; print all problems and exit 1 if there are any.",
     ),
     "fingerprint": (
-        "monai_ext.bundle.fingerprint:fingerprint",
+        "monai_ext.bundle.planning.fingerprint:fingerprint",
         "Fingerprint a Decathlon-layout dataset and print the training configuration derived from it.",
     ),
     "standin": (

@@ -12,7 +12,8 @@ import pytest
 import torch
 from bundle_cli import REPO_ROOT, check_prediction, config_files, copy_bundle, run_cli, run_export_without_monai_ext
 
-from monai_ext.bundle import datalist, fingerprint, model_record, standins
+from monai_ext.bundle import datalist, model_record, standins
+from monai_ext.bundle.planning import fingerprint
 from monai_ext.sharing.checkpoint import verify_sha256
 
 pytestmark = pytest.mark.slow

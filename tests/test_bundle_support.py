@@ -253,3 +253,31 @@ def test_reconstruction_inferer_calls_reconstruct_of_the_unwrapped_module():
     inferer = autoencoder.ReconstructionInferer(SimpleInferer())
     torch.testing.assert_close(inferer(x, Wrapper()), 2 * x)
     assert math.isclose(inferer(x, Twice()).sum().item(), 128.0)
+
+
+def test_decathlon_entries_match_monais_loader_without_importing_torch(tmp_path):
+    """MONAI's load_decathlon_datalist imports torch (2-20 s on a loaded machine) for what is a path join; ours gives
+    the same entries, for segmentation lists, test lists of plain strings and lists of paths."""
+    import subprocess
+    import sys
+
+    from monai.data import load_decathlon_datalist
+
+    content = {
+        "labels": {"0": "background", "1": "x"},
+        "training": [{"image": "imagesTr/a.nii.gz", "label": "./labelsTr/a.nii.gz", "age": 3},
+                     {"image": ["imagesTr/b0.nii.gz", "imagesTr/b1.nii.gz"], "label": "labelsTr/b.nii.gz"}],
+        "test": ["imagesTs/c.nii.gz", "../elsewhere/d.nii.gz"],
+    }  # fmt: skip
+    (tmp_path / "dataset.json").write_text(json.dumps(content))
+    for key, segmentation in (("training", True), ("test", False)):
+        ours = datalist.decathlon_entries(content, key, tmp_path, is_segmentation=segmentation)
+        assert ours == load_decathlon_datalist(tmp_path / "dataset.json", segmentation, key, base_dir=tmp_path), key
+    content["training"][1]["image"] = "imagesTr/b.nii.gz"  # our description check wants one path per image
+    (tmp_path / "dataset.json").write_text(json.dumps(content))
+    probe = (
+        "import sys; from monai_ext.bundle import datalist, data_check; from monai_ext.bundle.planning import "
+        f"fingerprint; datalist.training_datalist({str(tmp_path)!r}); print('torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.stdout.strip() == "False", done.stderr[-2000:]

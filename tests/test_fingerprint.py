@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from bundle_cli import REPO_ROOT, run_cli
 
-from monai_ext.bundle import fingerprint, standins, synthetic
+from monai_ext.bundle import standins, synthetic
+from monai_ext.bundle.planning import fingerprint
 
 SHIPPED = REPO_ROOT / "bundles" / "medt_segmentation_3d" / "configs" / "fingerprint.json"
 
@@ -86,11 +87,26 @@ def test_ct_is_clipped_and_scaled_with_the_foreground_statistics(datasets):
     assert -1024 <= entry["clip"][0] < entry["clip"][1] <= 3000
 
 
-def test_mr_channels_are_z_scored_per_image(datasets):
-    result = fingerprint.compute_fingerprint(datasets["BrainTumour"])
-    assert result["normalization"] == [
-        {"channel": name, "scheme": "zscore_nonzero"} for name in ("FLAIR", "T1w", "t1gd", "T2w")
+def _median_crop_ratio(images):
+    """The share of each image that its nonzero bounding box keeps (any channel), median over the images."""
+    ratios = []
+    for image in images:
+        data = np.asarray(image.dataobj).reshape(*image.shape[:3], -1)
+        where = np.argwhere((data != 0).any(-1))
+        ratios.append(np.prod(where.max(0) - where.min(0) + 1) / np.prod(data.shape[:3]))
+    return float(np.median(ratios))
+
+
+@pytest.mark.parametrize("task", ["BrainTumour", "Prostate", "Hippocampus"])
+def test_mr_channels_are_z_scored_by_nnunets_crop_rule(datasets, task):
+    result = fingerprint.compute_fingerprint(datasets[task])
+    ratio = _median_crop_ratio(_training_headers(datasets[task]))
+    scheme = "zscore_nonzero" if ratio < 0.75 else "zscore"
+    assert [(e["channel"], e["scheme"]) for e in result["normalization"]] == [
+        (name, scheme) for name in standins.STANDINS[task].modalities
     ]
+    assert f"keeps {ratio:.0%} of the median image" in result["normalization"][0]["why"]
+    assert result["reasons"]["normalization"] == result["normalization"][0]["why"]
 
 
 def test_a_small_memory_budget_shrinks_the_roi_and_says_so(datasets):
@@ -137,7 +153,11 @@ def test_command_prints_what_it_chose_and_why_and_writes_the_json(datasets, tmp_
     output = tmp_path / "bundle" / "configs" / "fingerprint.json"
     done = run_cli(["fingerprint", datasets["Prostate"], "--output", output], tmp_path, module=("-m", "monai_ext"))
     written = json.loads(output.read_text())
-    assert written == fingerprint.compute_fingerprint(datasets["Prostate"])
+    from monai_ext.bundle.datalist import validation_datalist
+
+    validation = validation_datalist(datasets["Prostate"])
+    assert written == fingerprint.compute_fingerprint(datasets["Prostate"], other_cases=validation)
     assert "target spacing (mm)" in done.stdout and "why: median spacing, except axis 2" in done.stdout
     assert f"ROI                     {' x '.join(map(str, written['roi_size']))}" in done.stdout
-    assert "T2: z-score over nonzero voxels; ADC: z-score over nonzero voxels" in done.stdout
+    over = "nonzero voxels" if written["normalization"][0]["scheme"] == "zscore_nonzero" else "the whole image"
+    assert f"T2: z-score over {over}; ADC: z-score over {over}" in done.stdout

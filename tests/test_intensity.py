@@ -53,7 +53,7 @@ def test_the_same_tissue_keeps_its_value_where_per_image_min_max_scaling_moves_i
 @pytest.mark.parametrize(
     "entry,message",
     [
-        ({"scheme": "minmax"}, r"normalization\[0\]: 'scheme' must be one of \['ct', 'zscore_nonzero'\]"),
+        ({"scheme": "minmax"}, r"normalization\[0\]: 'scheme' must be one of \['ct', 'zscore', 'zscore_nonzero'\]"),
         ({**CT, "clip": [300.0, -100.0]}, r"normalization\[0\]: 'clip' must be \[low, high\] with low < high"),
         ({**CT, "std": 0}, r"normalization\[0\]: 'mean' must be a number and 'std' a positive number"),
     ],

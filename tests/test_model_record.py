@@ -8,7 +8,8 @@ import torch
 from bundle_cli import REPO_ROOT
 from ignite.engine import Engine
 
-from monai_ext.bundle import fingerprint, model_record, standins
+from monai_ext.bundle import model_record, standins
+from monai_ext.bundle.planning import fingerprint
 from monai_ext.sharing.checkpoint import AtomicCheckpointSaver, AtomicDiskSaver, CheckedCheckpointLoader, read_manifest
 
 CONFIGURATION = {

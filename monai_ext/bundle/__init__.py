@@ -1,35 +1,22 @@
-"""Workflow support code that the bundles under ``bundles/`` reach through ``$import monai_ext`` (data, handlers, logs).
+"""Workflow support code that the bundles under ``bundles/`` reach through ``$import monai_ext`` (data, handlers, logs),
+and the planning that configures them from the data (:mod:`.planning`).
 
-The tools for sharing bundles safely (checkpoint integrity, audit, pack/unpack, signing) live in
-:mod:`monai_ext.sharing`.
+Each module is imported the first time it is named (``monai_ext.bundle.datalist.training_datalist`` in a config), so
+that commands that need no torch (``check_data``, ``fingerprint``) never import it. The tools for sharing bundles
+safely live in :mod:`monai_ext.sharing`.
 """
 
-from monai_ext.bundle import (
-    autoencoder,
-    data_check,
-    datalist,
-    fingerprint,
-    intensity,
-    logs,
-    model_record,
-    paths,
-    previews,
-    resume,
-    standins,
-    synthetic,
-)
+import importlib
 
-__all__: list[str] = [
-    "autoencoder",
-    "data_check",
-    "datalist",
-    "fingerprint",
-    "intensity",
-    "logs",
-    "model_record",
-    "paths",
-    "previews",
-    "resume",
-    "standins",
-    "synthetic",
-]
+MODULES = (
+    "autoencoder", "data_check", "datalist", "export", "intensity", "logs", "model_record", "paths", "planning",
+    "previews", "resume", "standins", "synthetic", "validation",
+)  # fmt: skip
+
+__all__ = list(MODULES)
+
+
+def __getattr__(name: str) -> object:
+    if name in MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

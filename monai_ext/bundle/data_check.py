@@ -17,7 +17,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from monai_ext.bundle.datalist import modality_channels, read_dataset_json
+from monai_ext.bundle.datalist import channel_names, modality_channels, read_dataset_json
+from monai_ext.bundle.planning.intensities import intensity_profile, intensity_warnings
 
 __all__ = [
     "MAX_BYTES",
@@ -314,6 +315,8 @@ def check_data(
 ) -> str:
     """Check every case of an MSD-layout dataset directory once; print all problems and exit 1 if there are any.
 
+    Also warns, naming the cases, when they differ in background (share of exact zeros) or intensity range.
+
     Args:
         dataset_dir: directory with dataset.json, imagesTr/ and labelsTr/.
         skip_bad: report bad cases as a warning and exit 0 if at least one good case is left.
@@ -330,4 +333,19 @@ def check_data(
     except DataCheckError as err:
         print(f"check_data: {dataset_dir}: {err}")
         raise SystemExit(1) from None
+    for warning in case_differences(dataset_dir, good):
+        print(f"check_data: WARNING: {warning}")
     return f"check_data: {dataset_dir}: {len(good)} cases OK"
+
+
+def case_differences(dataset_dir: str | os.PathLike, cases: Sequence[Mapping]) -> list[str]:
+    """How the images of ``cases`` differ in background and intensity range, naming the cases at both ends (see
+    :mod:`monai_ext.bundle.planning.intensities`); one image in memory at a time."""
+    root = Path(dataset_dir).expanduser().resolve()
+    profiles = []
+    for case in cases:
+        data = np.asanyarray(nib.load(case["image"]).dataobj, dtype=np.float32)
+        shown = os.path.relpath(case["image"], root) if Path(case["image"]).is_relative_to(root) else case["image"]
+        profiles.append(intensity_profile(data, str(shown)))
+    channels = len(profiles[0].zero_fraction) if profiles else 0
+    return intensity_warnings(profiles, channel_names(_read_dataset_json(root), channels))

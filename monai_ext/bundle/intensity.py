@@ -11,15 +11,16 @@ from monai.transforms import MapTransform, NormalizeIntensity, ScaleIntensityRan
 
 __all__ = ["NormalizeChannelsd", "channel_normalizer"]
 
-SCHEMES = ("ct", "zscore_nonzero")
+SCHEMES = ("ct", "zscore", "zscore_nonzero")
 
 
 def channel_normalizer(entry: Mapping[str, Any], index: int) -> Transform:
     """The MONAI transform for one channel's ``normalization`` entry of a fingerprint.
 
     ``{"scheme": "ct", "clip": [low, high], "mean": m, "std": s}`` clips to ``[low, high]`` and maps to
-    ``(x - m) / s`` (one ``ScaleIntensityRange``); ``{"scheme": "zscore_nonzero"}`` z-scores over the nonzero voxels
-    of each image (``NormalizeIntensity(nonzero=True)``).
+    ``(x - m) / s`` (one ``ScaleIntensityRange``); ``{"scheme": "zscore"}`` z-scores each image over all its voxels
+    and ``{"scheme": "zscore_nonzero"}`` over its nonzero voxels (``NormalizeIntensity``); which of the two is the
+    fingerprint's to decide (:mod:`monai_ext.bundle.planning.intensities`).
 
     Raises:
         ValueError: naming the entry and field that is wrong.
@@ -28,8 +29,8 @@ def channel_normalizer(entry: Mapping[str, Any], index: int) -> Transform:
     scheme = entry.get("scheme") if isinstance(entry, Mapping) else None
     if scheme not in SCHEMES:
         raise ValueError(f"{where}: 'scheme' must be one of {list(SCHEMES)}, got {scheme!r}")
-    if scheme == "zscore_nonzero":
-        return NormalizeIntensity(nonzero=True)
+    if scheme in ("zscore", "zscore_nonzero"):
+        return NormalizeIntensity(nonzero=scheme == "zscore_nonzero")
     clip, mean, std = entry.get("clip"), entry.get("mean"), entry.get("std")
     if not (isinstance(clip, Sequence) and len(clip) == 2 and float(clip[0]) < float(clip[1])):
         raise ValueError(f"{where}: 'clip' must be [low, high] with low < high, got {clip!r}")

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from monai_ext.bundle.fingerprint import load_fingerprint, model_configuration, saved_fingerprint
+from monai_ext.bundle.planning.fingerprint import load_fingerprint, model_configuration, saved_fingerprint
 from monai_ext.sharing.checkpoint import SHA256_MANIFEST, atomic_write, read_manifest
 
 __all__ = [

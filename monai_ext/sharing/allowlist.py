@@ -102,7 +102,7 @@ WRITERS = {
     "monai_ext.bundle.synthetic.ensure_synthetic_msd": ("root", 0),
     "monai_ext.bundle.synthetic.write_synthetic_msd": ("root", 0),
     "monai_ext.bundle.standins.write_standin": ("dataset_dir", 1),
-    "monai_ext.bundle.fingerprint.fingerprint": ("output", 1),
+    "monai_ext.bundle.planning.fingerprint.fingerprint": ("output", 1),
     "monai_ext.bundle.model_record.describe_in_metadata": ("meta_file", 0),
     "monai_ext.bundle.model_record.MetadataUpdater": ("meta_file", 0),
     "monai.transforms.io.dictionary.SaveImaged": ("output_dir", None),

@@ -1,8 +1,8 @@
 """A dataset's fingerprint, as nnU-Net takes it, and the training configuration derived from it.
 
-One pass over the training cases of a Medical Segmentation Decathlon folder reads each image's header (spacing and
-shape in RAS order, as the bundle's ``Orientationd`` puts them) and, for CT channels, a sample of foreground
-intensities. From these:
+One pass over the training cases of a Medical Segmentation Decathlon folder reads each image (spacing and shape in
+RAS order, as the bundle's ``Orientationd`` puts them; how its intensities lie, :mod:`.intensities`) and, for CT
+channels, a sample of foreground intensities. From these:
 
 - **target spacing**: the median spacing per axis. When one axis is more than 3 times coarser than the finest and
   has fewer than a third of its voxels (thick slices), that axis takes the 10th percentile of its spacings instead
@@ -11,8 +11,11 @@ intensities. From these:
   longest axis (relative to the median shape) until a training step fits ``memory_gb``;
 - **batch size**: as many patches as fit ``memory_gb``, at least 2, at most 5% of the dataset's voxels per step;
 - **normalisation** per channel by modality: CT is clipped to the 0.5 and 99.5 percentiles of its foreground
-  intensities and z-scored with their mean and standard deviation; any other modality is z-scored per image over its
-  nonzero voxels.
+  intensities and z-scored with their mean and standard deviation; any other modality is z-scored per image, over
+  its nonzero voxels only when cropping the images to their nonzero region shrinks the median image by more than a
+  quarter, else over the whole image (nnU-Net's rule). Each entry keeps its reason, and so does the trained model;
+- **warnings**, naming the cases, when training and validation cases differ in their share of exact zeros or in
+  their intensity range.
 
 ``python -m monai_ext fingerprint DATASET_DIR --output BUNDLE/configs/fingerprint.json`` writes it and prints what it
 chose and why; the bundles read ``configs/fingerprint.json`` when it describes the dataset they train on, and
@@ -33,6 +36,7 @@ import nibabel as nib
 import numpy as np
 
 from monai_ext.bundle import datalist
+from monai_ext.bundle.planning.intensities import intensity_profile, intensity_warnings, nonzero_mask_rule
 
 __all__ = [
     "BYTES_PER_VOXEL",
@@ -47,7 +51,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2  # 2: nnU-Net's nonzero-mask rule, reasons per channel, warnings
 # Training memory of the bundle's network per voxel of a batch (activations, gradients, optimiser, in bytes), and the
 # fixed part (weights, CUDA context). Measured for HybridAxialUNet: about 300 bytes per voxel on CPU; doubled for
 # cuDNN workspaces and allocator slack.
@@ -58,6 +62,7 @@ CT_PERCENTILES = (0.5, 99.5)
 # foreground voxels sampled per CT case for the intensity statistics (nnU-Net takes 10,000)
 CT_SAMPLES_PER_CASE = 10_000
 MAX_BATCH_SHARE = 0.05
+CT_WHY = "CT: clip to the foreground's 0.5-99.5 percentiles, z-score with their mean and std (nnU-Net's rule)"
 
 
 def _dataset_digest(dataset_dir: Path) -> str:
@@ -76,11 +81,6 @@ def _ras_geometry(image: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def _channel_count(image: Any) -> int:
     return int(image.shape[3]) if len(image.shape) > 3 else 1
-
-
-def _modalities(content: dict[str, Any], channels: int) -> list[str]:
-    names = content.get("modality") or {}
-    return [str(names.get(str(c), f"channel {c}")) for c in range(channels)]
 
 
 def _target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> tuple[list[float], str]:
@@ -135,6 +135,7 @@ def compute_fingerprint(
     max_roi: int = 128,
     val_fraction: float = 0.2,
     cases: list[dict] | None = None,
+    other_cases: list[dict] | None = None,
 ) -> dict[str, Any]:
     """Fingerprint the training cases of a Decathlon-layout folder and derive a training configuration.
 
@@ -148,11 +149,13 @@ def compute_fingerprint(
         val_fraction: held-out share when dataset.json has no ``validation`` list (only training cases are read).
         cases: the training cases to read (``{"image": path, "label": path}``), e.g. those that passed
             :func:`monai_ext.bundle.data_check.checked_datalist`; by default the training split of dataset.json.
+        other_cases: cases read only to warn how they differ from the training cases (the validation split).
 
     Returns:
         A JSON-ready dict: ``dataset`` (name, digest of dataset.json, case count), ``in_channels``,
         ``channel_names``, ``num_classes``, ``class_names``, ``spacing``, ``median_shape``, ``roi_size``,
-        ``batch_size``, ``normalization`` (one entry per channel), ``memory_gb`` and ``reasons`` (key -> why).
+        ``batch_size``, ``normalization`` (one entry per channel, with its ``why``), ``memory_gb``, ``reasons``
+        (key -> why) and ``warnings``.
 
     Raises:
         FileNotFoundError, ValueError: from reading dataset.json (naming the key that is wrong, or asking for a
@@ -173,6 +176,7 @@ def compute_fingerprint(
     ct_samples: dict[int, list[np.ndarray]] = {}
     rng = np.random.default_rng(0)
     modalities: list[str] = []
+    profiles = []
     for case in cases:
         image = nib.load(case["image"])
         spacing, shape = _ras_geometry(image)
@@ -181,9 +185,11 @@ def compute_fingerprint(
         count = _channel_count(image)
         if channels is None:
             channels = count
-            modalities = _modalities(content, channels)
+            modalities = datalist.channel_names(content, channels)
         elif count != channels:
             raise ValueError(f"{case['image']}: {count} channels, while the first training case has {channels}")
+        data = np.asanyarray(image.dataobj, dtype=np.float32).reshape(*image.shape[:3], channels)
+        profiles.append(intensity_profile(data, _shown(case["image"], root)))
         ct_channels = [c for c, name in enumerate(modalities) if name.upper() == "CT"]
         if ct_channels:
             foreground = np.asanyarray(nib.load(case["label"]).dataobj) > 0
@@ -192,7 +198,6 @@ def compute_fingerprint(
                     f"{case['label']}: shape {foreground.shape} differs from its image's {tuple(image.shape[:3])} "
                     "(python -m monai_ext check_data lists every such problem)"
                 )
-            data = np.asanyarray(image.dataobj, dtype=np.float32).reshape(*image.shape[:3], channels)
             for c in ct_channels:
                 values = data[..., c][foreground]
                 if values.size > CT_SAMPLES_PER_CASE:
@@ -205,6 +210,11 @@ def compute_fingerprint(
     total_voxels = float(np.prod(at_target, 1).sum())
     roi, batch, roi_why, batch_why = _roi_and_batch(median_shape, total_voxels, size_multiple, memory_gb, max_roi)
 
+    use_nonzero_mask, zscore_why = nonzero_mask_rule(profiles)
+    other_profiles = [_profile(case, root) for case in other_cases or ()]
+    warnings = intensity_warnings(profiles + other_profiles, modalities)
+    for warning in warnings:
+        logger.warning(warning)
     normalization = []
     for c, name in enumerate(modalities):
         if c in ct_samples and sum(v.size for v in ct_samples[c]):
@@ -218,10 +228,12 @@ def compute_fingerprint(
                     "clip": [round(float(low), 3), round(float(high), 3)],
                     "mean": round(float(clipped.mean()), 4),
                     "std": round(float(max(clipped.std(), 1e-8)), 4),
+                    "why": CT_WHY,
                 }
             )
         else:
-            normalization.append({"channel": name, "scheme": "zscore_nonzero"})
+            scheme = "zscore_nonzero" if use_nonzero_mask else "zscore"
+            normalization.append({"channel": name, "scheme": scheme, "why": zscore_why})
     num_classes = datalist.num_classes(root)
     return {
         "fingerprint_version": FINGERPRINT_VERSION,
@@ -245,14 +257,25 @@ def compute_fingerprint(
             "spacing": spacing_why,
             "roi_size": roi_why,
             "batch_size": batch_why,
-            "normalization": "CT: clip to the foreground's 0.5-99.5 percentiles, z-score with their mean and std; "
-            "other modalities: z-score per image over nonzero voxels",
+            "normalization": "; ".join(dict.fromkeys(entry["why"] for entry in normalization)),
         },
+        "warnings": warnings,
     }
 
 
+def _shown(path: str | os.PathLike, root: Path) -> str:
+    return os.path.relpath(path, root) if Path(path).is_relative_to(root) else str(path)
+
+
+def _profile(case: dict, root: Path) -> Any:
+    image = nib.load(case["image"])
+    data = np.asanyarray(image.dataobj, dtype=np.float32).reshape(*image.shape[:3], _channel_count(image))
+    return intensity_profile(data, _shown(case["image"], root))
+
+
 def saved_fingerprint(path: str | os.PathLike, dataset_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The fingerprint at ``path`` when it was taken from ``dataset_dir``'s dataset.json (SHA-256), else ``None``.
+    """The fingerprint at ``path`` when this version wrote it from ``dataset_dir``'s dataset.json (SHA-256), else
+    ``None``.
 
     Raises:
         ValueError: ``path`` exists but is not a fingerprint (naming the file).
@@ -265,7 +288,8 @@ def saved_fingerprint(path: str | os.PathLike, dataset_dir: str | os.PathLike) -
         digest = saved["dataset"]["dataset_json_sha256"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{path}: not a fingerprint written by 'python -m monai_ext fingerprint' ({err})") from err
-    return saved if digest == _dataset_digest(Path(dataset_dir)) else None
+    current = saved.get("fingerprint_version") == FINGERPRINT_VERSION
+    return saved if current and digest == _dataset_digest(Path(dataset_dir)) else None
 
 
 def model_configuration(result: dict[str, Any]) -> dict[str, Any]:
@@ -298,7 +322,7 @@ def load_fingerprint(path: str | os.PathLike, dataset_dir: str | os.PathLike, **
     saved = saved_fingerprint(path, dataset_dir)
     if saved is not None:
         return saved
-    state = "describes another dataset" if Path(path).is_file() else "does not exist"
+    state = "describes another dataset or is older" if Path(path).is_file() else "does not exist"
     logger.info(
         f"{path} {state}: fingerprinting {dataset_dir} for this run (python -m monai_ext fingerprint DATASET_DIR "
         "--output BUNDLE/configs/fingerprint.json saves it)"
@@ -322,7 +346,8 @@ def format_fingerprint(result: dict[str, Any]) -> str:
             low, high = entry["clip"]
             norms.append(f"{entry['channel']}: clip {low:g}..{high:g}, (x - {entry['mean']:g}) / {entry['std']:g}")
         else:
-            norms.append(f"{entry['channel']}: z-score over nonzero voxels")
+            over = "nonzero voxels" if entry["scheme"] == "zscore_nonzero" else "the whole image"
+            norms.append(f"{entry['channel']}: z-score over {over}")
     reasons = result["reasons"]
     rows = [
         ("dataset", f"{result['dataset']['name']} ({result['dataset']['training_cases']} training cases)", ""),
@@ -341,14 +366,16 @@ def format_fingerprint(result: dict[str, Any]) -> str:
         lines.append(f"{name:<{width}}  {value}")
         if why:
             lines.append(f"{'':<{width}}    why: {why}")
+    lines += [f"WARNING: {warning}" for warning in result.get("warnings", [])]
     return "\n".join(lines)
 
 
 def fingerprint(dataset_dir: str, output: str | None = None, memory_gb: float = 8.0, max_roi: int = 128) -> None:
     """Fingerprint a Decathlon-layout dataset and print the training configuration derived from it.
 
-    Reads every training case's header, and for CT channels its foreground intensities, once. Prints the target
-    spacing, ROI, batch size and per-channel normalisation with the reason for each.
+    Reads every training case once (and the validation cases, to warn how they differ). Prints the target spacing,
+    ROI, batch size and per-channel normalisation with the reason for each, and warnings naming the cases that differ
+    in background or intensity range.
 
     Args:
         dataset_dir: folder with dataset.json, imagesTr/ and labelsTr/.
@@ -357,7 +384,8 @@ def fingerprint(dataset_dir: str, output: str | None = None, memory_gb: float = 
         memory_gb: memory one training step may use (GPU memory when training on a GPU).
         max_roi: largest ROI per axis.
     """
-    result = compute_fingerprint(dataset_dir, memory_gb=memory_gb, max_roi=max_roi)
+    validation = datalist.validation_datalist(dataset_dir)
+    result = compute_fingerprint(dataset_dir, memory_gb=memory_gb, max_roi=max_roi, other_cases=validation)
     print(format_fingerprint(result))
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
