@@ -19,6 +19,7 @@ from bundle_cli import (
 )
 
 from monai_ext.bundle import datalist
+from monai_ext.bundle.synthetic import write_synthetic_msd
 from monai_ext.sharing.checkpoint import load_checkpoint, verify_sha256
 
 pytestmark = pytest.mark.slow
@@ -26,7 +27,8 @@ pytestmark = pytest.mark.slow
 NAME = "medt_segmentation_3d"
 # 4 mm voxels make the synthetic volumes 18 x 15 x 15, smaller than the 16^3 ROI on two axes
 TINY = ["--roi_size", "[16,16,16]", "--pixdim", "[4.0,4.0,4.0]"]
-TINY_TRAIN = TINY + ["--train#trainer#max_epochs", "1", "--val_interval", "1", "--num_samples", "1"]
+TINY_TRAIN = TINY + ["--train#trainer#max_epochs", "1", "--val_interval", "1", "--num_samples", "1",
+                     "--iterations_per_epoch", "2"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -208,18 +210,41 @@ def test_own_data_with_a_validation_list_sets_classes_from_labels(tmp_path):
         assert [r["filename"] for r in csv.DictReader(f)] == [str(data / "imagesTr" / "lab_3.nii.gz")]
     assert not (bundle / "dataset").exists(), "the synthetic default must not be written when dataset_dir is set"
 
-    # the model alone: inference on the bundle's default (4-class) data uses the 3 classes the model was trained with
-    done = run_cli(["run", "--config_file", config_files(bundle, ["inference.json"])], tmp_path)
+    # without --dataset_dir, a model trained on other data never meets the built-in synthetic data, in any command
     model_file, fingerprint_file = bundle / "models" / "model.pt", bundle / "configs" / "fingerprint.json"
+    for configs in (["inference.json"], ["train.json", "evaluate.json"], ["train.json"]):
+        refused = run_cli(["run", "--config_file", config_files(bundle, configs), *TINY], tmp_path, check=False)
+        assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1] == (
+            f"SyntheticDataRefusedError: {model_file} was trained on my data, and no --dataset_dir was given: pass "
+            "--dataset_dir DIR (an MSD folder) or, to segment any folder of images, --image_dir DIR. The built-in "
+            "synthetic data only serves a bundle without such a model."
+        ), configs
+    run_cli(["export", bundle, "--formats", "ts"], tmp_path, module=("-m", "monai_ext"))
+    assert not (bundle / "dataset").exists(), "export and inference never write the synthetic data"
+
+    # the model alone: inference on the bundle's (4-class) synthetic data uses the 3 classes the model was trained with
+    synthetic = write_synthetic_msd(tmp_path / "synthetic")
+    done = run_cli(["run", "--config_file", config_files(bundle, ["inference.json"]), "--dataset_dir", synthetic],
+                   tmp_path)  # fmt: skip
     assert (
         f"num_classes: {model_file} was trained with 3 (recorded in {bundle / 'models' / 'sha256_manifest.json'}), "
-        f"{fingerprint_file} gives 4 for {bundle / 'dataset'}; the model's value is used"
+        f"{fingerprint_file} gives 4 for {synthetic}; the model's value is used"
     ) in done.stdout + done.stderr
-    for case in datalist.inference_datalist(bundle / "dataset"):
+    for case in datalist.inference_datalist(synthetic):
         name = case["image"].rsplit("/", 1)[1].removesuffix(".nii.gz")
         check_prediction(case["image"], bundle / "outputs" / f"{name}_seg.nii.gz", 3)
     refused = run_cli(
-        ["run", "--config_file", config_files(bundle, ["inference.json"]), "--num_classes", "5"], tmp_path, check=False
+        [
+            "run",
+            "--config_file",
+            config_files(bundle, ["inference.json"]),
+            "--num_classes",
+            "5",
+            "--dataset_dir",
+            synthetic,
+        ],
+        tmp_path,
+        check=False,  # fmt: skip
     )
     assert refused.returncode != 0
     assert f"{model_file} was trained with num_classes=3, in_channels=1, roi_size=[16, 16, 16]" in refused.stderr
@@ -261,3 +286,19 @@ def test_multi_gpu_train_under_torchrun_on_cpu_with_a_class_override(tmp_path):
     ]
     verify_sha256(bundle / "models" / "model.pt")
     assert load_checkpoint(bundle / "models" / "checkpoint_epoch=1.pt")["trainer"]["max_epochs"] == 1
+
+
+def test_an_epoch_is_the_same_number_of_iterations_on_any_number_of_cases(tmp_path):
+    """An epoch used to be one pass over the cases: 2 iterations on 4 cases, 8 on 16. Now max_epochs means the same
+    training on any dataset, the fingerprint's iterations per epoch (3 here), with patches drawn again and again."""
+    seen = {}
+    for cases in (5, 20):  # 4 and 16 training cases after the split
+        bundle = copy_bundle(NAME, tmp_path / str(cases))
+        data = write_synthetic_msd(tmp_path / f"data{cases}", num_training=cases, num_test=0)
+        done = run_cli(["run", "--config_file", config_files(bundle, ["train.json"]), *TINY, "--dataset_dir", data,
+                        "--train#trainer#max_epochs", "2", "--val_interval", "2", "--iterations_per_epoch", "3"],
+                       tmp_path)  # fmt: skip
+        seen[cases] = re.findall(r"Epoch \[(\d)/2\]: (\d+) iterations", done.stdout + done.stderr)
+        trainer = load_checkpoint(bundle / "models" / "checkpoint_epoch=2.pt")["trainer"]
+        assert (trainer["iteration"], trainer["epoch_length"]) == (6, 3)
+    assert seen == {5: [("1", "3"), ("2", "3")], 20: [("1", "3"), ("2", "3")]}

@@ -5,11 +5,18 @@ and export, the ``resume`` switch, and a pack/unpack round trip that reproduces 
 """
 
 import csv
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 from bundle_cli import config_files, copy_bundle, run_cli, tiny_msd
 
+from monai_ext.bundle.synthetic import write_synthetic_msd
 from monai_ext.sharing.audit import audit_bundle
 from monai_ext.sharing.checkpoint import load_checkpoint, verify_sha256
 from monai_ext.sharing.exchange import run_command, unpack
@@ -19,7 +26,8 @@ pytestmark = pytest.mark.slow
 
 NAME = "medt_segmentation_3d"
 TINY = ["--roi_size", "[16,16,16]", "--pixdim", "[4.0,4.0,4.0]"]
-TRAIN_2 = TINY + ["--train#trainer#max_epochs", "2", "--val_interval", "1", "--num_samples", "1"]
+TRAIN_2 = TINY + ["--train#trainer#max_epochs", "2", "--val_interval", "1", "--num_samples", "1",
+                  "--iterations_per_epoch", "2"]  # fmt: skip
 
 
 def _fails(args, cwd):
@@ -124,3 +132,35 @@ def test_pack_ships_exactly_the_bundle_folder(tmp_path):
     unpack_bundle(tmp_path / "b.zip", tmp_path / "dest")
     for name in on_disk:
         assert (tmp_path / "dest" / name).read_bytes() == (bundle / name).read_bytes()
+
+
+def test_ctrl_c_prints_the_resume_command_and_another_dataset_is_never_offered_resume(tmp_path):
+    bundle = copy_bundle(NAME, tmp_path)
+    data = tiny_msd(tmp_path / "data", with_validation=True)
+    args = ["run", "--config_file", config_files(bundle, ["train.json"]), *TINY, "--num_samples", "1",
+            "--iterations_per_epoch", "2", "--dataset_dir", str(data), "--train#trainer#max_epochs", "500"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
+    training = subprocess.Popen([sys.executable, "-m", "monai.bundle", *args], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    while not (bundle / "models" / "checkpoint_epoch=1.pt").exists() and training.poll() is None:
+        time.sleep(0.2)
+    training.send_signal(signal.SIGINT)
+    _, stderr = training.communicate(timeout=120)
+    resume = shlex.join([sys.executable, "-m", "monai.bundle", *args, "--resume", "True"])
+    assert stderr.strip().splitlines()[-1] == f"Interrupted; the last finished epoch is kept. Resume with: {resume}"
+    # the printed command, with 2 epochs in all instead of 500
+    done = subprocess.run([*shlex.split(resume)[:-4], "--train#trainer#max_epochs", "2", "--resume", "True"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0 and "resume: restored" in done.stdout + done.stderr
+
+    # a new dataset: the refusal offers no resume, and --resume True says why instead of a state_dict traceback
+    other = write_synthetic_msd(tmp_path / "other")
+    train_other = ["run", "--config_file", config_files(bundle, ["train.json"]), *TRAIN_2, "--dataset_dir", other]
+    last = _fails(train_other, tmp_path).strip().splitlines()[-1]
+    model = bundle / "models" / "model.pt"
+    assert last.startswith(f"ModelExistsError: {model} already holds a trained model") and "--resume" not in last
+    assert "It was trained with another configuration (num_classes 3 there, 4 here; class_names" in last
+    last = _fails([*train_other, "--resume", "True"], tmp_path).strip().splitlines()[-1]
+    assert last.startswith(f"ModelExistsError: {model} was trained with another configuration (num_classes 3 there")
+    assert last.endswith("so this run cannot resume it. Pass --ckpt_dir OTHER_FOLDER to train anew beside it, or "
+                         "--overwrite True without --resume to replace it.")  # fmt: skip

@@ -19,7 +19,7 @@ from monai_ext.sharing.checkpoint import verify_sha256
 pytestmark = pytest.mark.slow
 
 NAME = "medt_segmentation_3d"
-ONE_EPOCH = {"train#trainer#max_epochs": 1, "val_interval": 1}
+ONE_EPOCH = {"train#trainer#max_epochs": 1, "val_interval": 1, "iterations_per_epoch": 2}
 # DDP under torchrun on the two stand-ins whose patches differ most (small and near-isotropic; anisotropic with two
 # channels); the others would repeat it at about 25 s each. tests/test_hybrid_axial_unet.py covers DDP on more shapes.
 DDP_TASKS = ("Hippocampus", "Prostate")
@@ -56,7 +56,7 @@ def test_fingerprint_then_zoo_sequence_export_and_ddp_on_a_decathlon_standin(tas
     run_cli(
         ["--standalone", "--nproc_per_node", "2", "-m", "monai.bundle", "run", "--config_file",
          config_files(bundle, ["train.json", "multi_gpu_train.json"]), "--dataset_dir", data,
-         "--train#trainer#max_epochs", "1", "--val_interval", "1", "--batch_size", "1"],
+         "--train#trainer#max_epochs", "1", "--val_interval", "1", "--batch_size", "1", "--iterations_per_epoch", "2"],
         tmp_path,
         module=("-m", "torch.distributed.run"),
     )  # fmt: skip

@@ -25,7 +25,12 @@ SCHEMA = REPO_ROOT / "tests" / "data" / "meta_schema_20240725.json"
 SCHEMA_SHA256 = hashlib.sha256(SCHEMA.read_bytes()).hexdigest()
 BUNDLES = ["medt_segmentation_3d", "autoencoderkl_3d"]
 TINY = {
-    "medt_segmentation_3d": {"roi_size": [16, 16, 16], "pixdim": [4.0, 4.0, 4.0], "num_samples": 1},
+    "medt_segmentation_3d": {
+        "roi_size": [16, 16, 16],
+        "pixdim": [4.0, 4.0, 4.0],
+        "num_samples": 1,
+        "iterations_per_epoch": 2,
+    },
     "autoencoderkl_3d": {"roi_size": [16, 16, 16], "pixdim": [4.0, 4.0, 4.0], "network_def#channels": [8, 8]},
 }
 ONE_EPOCH = {"train#trainer#max_epochs": 1, "val_interval": 1}

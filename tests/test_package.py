@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 import monai_ext
 
 
@@ -34,3 +36,15 @@ def test_cli_versions_reports_installed_packages():
     assert reported["monai"] == monai.__version__
     assert reported["torch"] == torch.__version__
     assert reported["monai_ext"] == monai_ext.__version__
+
+
+@pytest.mark.parametrize("package", ["monai_ext.bundle", "monai_ext.bundle.planning", "monai_ext.sharing"])
+def test_every_module_is_reachable_by_its_dotted_name_after_import_monai_ext(package):
+    """Configs name ``monai_ext.bundle.errors.concise_errors`` after ``$import monai_ext`` only: each package imports
+    its modules when first named, so each must be listed."""
+    import importlib
+    import pkgutil
+
+    module = importlib.import_module(package)
+    found = sorted(info.name for info in pkgutil.iter_modules(module.__path__))
+    assert sorted(module.MODULES) == found

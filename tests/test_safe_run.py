@@ -255,7 +255,8 @@ def test_allow_extends_the_list_and_overrides_are_checked_too(tmp_path):
 def test_our_bundles_run_under_the_safe_runner_from_the_command_line(tmp_path):
     bundle = copy_bundle("medt_segmentation_3d", tmp_path)
     tiny = ["--roi_size", "[16,16,16]", "--pixdim", "[4.0,4.0,4.0]"]
-    done = run_cli([bundle, *tiny, "--train#trainer#max_epochs", "1", "--val_interval", "1", "--num_samples", "1"],
+    done = run_cli([bundle, *tiny, "--train#trainer#max_epochs", "1", "--val_interval", "1", "--num_samples", "1",
+                    "--iterations_per_epoch", "2"],
                    tmp_path, module=("-m", "monai_ext", "run"))  # fmt: skip
     assert "finished, confined by the kernel" in done.stdout
     assert "cannot vouch for" not in done.stdout, "our bundles need nothing beyond the allow-list"

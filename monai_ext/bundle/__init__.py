@@ -9,8 +9,8 @@ safely live in :mod:`monai_ext.sharing`.
 import importlib
 
 MODULES = (
-    "autoencoder", "data_check", "datalist", "export", "intensity", "logs", "model_record", "paths", "planning",
-    "previews", "resume", "standins", "synthetic", "validation",
+    "autoencoder", "data_check", "datalist", "errors", "export", "intensity", "logs", "model_record", "overrides",
+    "paths", "planning", "previews", "resume", "standins", "synthetic", "validation",
 )  # fmt: skip
 
 __all__ = list(MODULES)

@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from monai_ext.bundle.datalist import channel_names, modality_channels, read_dataset_json
+from monai_ext.bundle.errors import BundleError
 from monai_ext.bundle.planning.intensities import intensity_profile, intensity_warnings
 
 __all__ = [
@@ -42,7 +43,7 @@ MAX_BYTES = 2**33
 MAX_DEFLATE_RATIO = 1032
 
 
-class DataCheckError(ValueError):
+class DataCheckError(BundleError, ValueError):
     """A datalist has problems; the message lists every one, each naming its file."""
 
 

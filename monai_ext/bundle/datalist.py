@@ -20,6 +20,7 @@ from typing import Any
 __all__ = [
     "channel_names",
     "class_names",
+    "dataset_name",
     "decathlon_entries",
     "image_folder_datalist",
     "inference_datalist",
@@ -247,6 +248,12 @@ def modality_channels(content: dict[str, Any]) -> int:
     """The image channel count a parsed dataset.json declares: one per ``modality`` entry, 1 without any."""
     modality = content.get("modality")
     return len(modality) if isinstance(modality, dict) and modality else 1
+
+
+def dataset_name(dataset_dir: str | os.PathLike) -> str:
+    """The dataset's ``name`` in dataset.json, else its folder's name: what a trained model records it came from."""
+    _, content = _dataset_json(dataset_dir)
+    return str(content.get("name") or Path(dataset_dir).resolve().name)
 
 
 def channel_names(content: dict[str, Any], channels: int) -> list[str]:

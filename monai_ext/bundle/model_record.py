@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from monai_ext.bundle.errors import BundleError
 from monai_ext.bundle.planning.fingerprint import load_fingerprint, model_configuration, saved_fingerprint
 from monai_ext.sharing.checkpoint import SHA256_MANIFEST, atomic_write, read_manifest
 
@@ -48,7 +49,7 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
-class ModelExistsError(FileExistsError):
+class ModelExistsError(BundleError, FileExistsError):
     """Training would replace a trained model that this run did not start from; the message names it and the ways
     out."""
 
@@ -67,32 +68,59 @@ def describe_model(model_file: str | os.PathLike) -> str:
     return ", ".join(parts)
 
 
-def keep_trained_model(model_file: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> None:
+def _differences(recorded: dict[str, Any], configuration: dict[str, Any]) -> list[str]:
+    return [
+        f"{field} {recorded[field]} there, {_plain(value)} here"
+        for field, value in configuration.items()
+        if field in recorded and _plain(value) != recorded[field]
+    ]
+
+
+def keep_trained_model(
+    model_file: str | os.PathLike,
+    overwrite: bool = False,
+    resume: bool = False,
+    configuration: dict[str, Any] | None = None,
+) -> None:
     """Refuse to start training when ``model_file`` already holds a model this run would replace.
 
     A received bundle's model, or the model of an earlier run, is never replaced silently: the run stops before its
     first epoch, naming the model's score and date. ``overwrite`` replaces it (the log says what is replaced);
-    ``resume`` continues the run that wrote it.
+    ``resume`` continues the run that wrote it, and is offered only when the model was trained with this run's
+    ``configuration`` (another dataset's classes or ROI would not load into this run's network).
 
     Args:
         model_file: the best-model file the training saves (``models/model.pt``).
         overwrite: replace it (``--overwrite True``).
         resume: this run resumes the training that wrote it (``--resume True``).
+        configuration: what this run trains with (its ``model_configuration``), compared with the model's record.
 
     Raises:
-        ModelExistsError: the file exists and neither ``overwrite`` nor ``resume`` is set.
+        ModelExistsError: the file exists and neither ``overwrite`` nor ``resume`` is set, or ``resume`` is set and
+            the model was trained with another configuration.
     """
     path = Path(model_file)
-    if not path.is_file() or resume:
+    if not path.is_file():
+        return
+    differences = _differences(recorded_configuration(path), configuration or {})
+    if resume and differences:
+        raise ModelExistsError(
+            f"{path} was trained with another configuration ({'; '.join(differences)}), so this run cannot resume "
+            "it. Pass --ckpt_dir OTHER_FOLDER to train anew beside it, or --overwrite True without --resume to replace "
+            "it."
+        )
+    if resume:
         return
     described = describe_model(path)
     if overwrite:
         logger.warning(f"{path} ({described}) will be replaced by this run's best model, as --overwrite asks")
         return
+    resumable = "" if differences else ", or --resume True to continue the run that wrote it"
+    trained = f" It was trained with another configuration ({'; '.join(differences)})." if differences else ""
     raise ModelExistsError(
-        f"{path} already holds a trained model ({described}), and this training would replace it. Pass "
-        "--overwrite True to replace it, --ckpt_dir OTHER_FOLDER to keep it and save this run's models there, or "
-        "--resume True to continue the run that wrote it."
+        f"{path} already holds a trained model ({described}), and this training would replace it.{trained} Pass "
+        f"--overwrite True to replace it or --ckpt_dir OTHER_FOLDER to keep it and save this run's models there"
+        f"{resumable}."
     )
 
 
@@ -139,7 +167,7 @@ def settled_configuration(
     if not all(field in record for field in CONFIGURATION_FIELDS):
         derived = model_configuration(load_fingerprint(fingerprint_file, dataset_dir))
         return {field: record.get(field, derived[field]) for field in CONFIGURATION_FIELDS}
-    saved = saved_fingerprint(fingerprint_file, dataset_dir)
+    saved = saved_fingerprint(fingerprint_file, dataset_dir) if (Path(dataset_dir) / "dataset.json").is_file() else None
     if saved is not None:
         for field, value in model_configuration(saved).items():
             if _plain(value) != record[field]:

@@ -8,6 +8,7 @@ permuted, flipped and rotated against patient axes, so the loading transforms mu
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -17,7 +18,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-__all__ = ["LABELS", "SPACING", "ensure_synthetic_msd", "synthetic_affine", "write_synthetic_msd"]
+from monai_ext.bundle.errors import BundleError
+
+__all__ = [
+    "DATASET_NAME", "LABELS", "SPACING", "SyntheticDataRefusedError", "dataset_or_synthetic", "ensure_synthetic_msd",
+    "synthetic_affine", "write_synthetic_msd",
+]  # fmt: skip
+
+logger = logging.getLogger(__name__)
+
+DATASET_NAME = "monai_ext synthetic shapes"
 
 LABELS: dict[str, str] = {"0": "background", "1": "sphere", "2": "box", "3": "tube"}
 SPACING: tuple[float, float, float] = (1.5, 1.5, 3.0)
@@ -119,7 +129,7 @@ def write_synthetic_msd(
             nib.save(nib.Nifti1Image(image, affine), root / "imagesTs" / name)
             test.append(f"./imagesTs/{name}")
     description = {
-        "name": "monai_ext synthetic shapes",
+        "name": DATASET_NAME,
         "description": "Deterministic synthetic volumes with a sphere, a box and a tube (monai_ext.bundle.synthetic).",
         "tensorImageSize": "3D",
         "modality": {"0": "synthetic"},
@@ -160,3 +170,51 @@ def ensure_synthetic_msd(dataset_dir: str | os.PathLike) -> str:
     except OSError:  # another process renamed its copy first; theirs is identical
         shutil.rmtree(staging, ignore_errors=True)
     return str(dataset_dir)
+
+
+class SyntheticDataRefusedError(BundleError):
+    """A command without ``--dataset_dir`` would use the built-in synthetic data with a model trained on other data."""
+
+
+def trained_on(model_file: str | os.PathLike) -> str | None:
+    """The name of the dataset a model's record says it was trained on; ``None`` without a model."""
+    from monai_ext.sharing.checkpoint import read_manifest  # torch: only when a bundle runs
+
+    path = Path(model_file)
+    if not path.is_file():
+        return None
+    return str(
+        read_manifest(path.parent).get(path.name, {}).get("configuration", {}).get("dataset", "an unknown dataset")
+    )
+
+
+def dataset_or_synthetic(
+    dataset_dir: str | os.PathLike, default_dir: str | os.PathLike, model_file: str | os.PathLike, write: bool = True
+) -> str:
+    """The dataset a command runs on: ``dataset_dir`` when one was given, else the built-in synthetic data.
+
+    The synthetic data serves only a bundle that holds no model trained on other data, and a log line says it is in
+    use. Only training writes it (``write``); evaluation and inference use it when it is there.
+
+    Raises:
+        SyntheticDataRefusedError: no ``--dataset_dir`` was given and the bundle's model was trained on another
+            dataset, or there is nothing to read and ``write`` is off; the message says what to pass.
+    """
+    if os.path.abspath(dataset_dir) != os.path.abspath(default_dir):
+        return str(dataset_dir)
+    model = trained_on(model_file)
+    if model is not None and model != DATASET_NAME:
+        raise SyntheticDataRefusedError(
+            f"{model_file} was trained on {model}, and no --dataset_dir was given: pass --dataset_dir DIR (an MSD "
+            "folder) or, to segment any folder of images, --image_dir DIR. The built-in synthetic data only serves a "
+            "bundle without such a model."
+        )
+    if not write and not (Path(default_dir) / "dataset.json").is_file():
+        raise SyntheticDataRefusedError(
+            f"no --dataset_dir was given and {default_dir} holds no dataset: pass --dataset_dir DIR or --image_dir DIR"
+        )
+    logger.info(
+        f"no --dataset_dir given: using the built-in synthetic data in {default_dir} (sphere, box and tube), for a "
+        "first run; --dataset_dir DIR runs on yours"
+    )
+    return ensure_synthetic_msd(default_dir) if write else str(default_dir)

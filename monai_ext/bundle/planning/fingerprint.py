@@ -10,6 +10,7 @@ channels, a sample of foreground intensities. From these:
 - **ROI**: the median shape at the target spacing, rounded up to the network's size multiple, shrunk along its
   longest axis (relative to the median shape) until a training step fits ``memory_gb``;
 - **batch size**: as many patches as fit ``memory_gb``, at least 2, at most 5% of the dataset's voxels per step;
+- **iterations per epoch** on a CPU (:mod:`.schedule`; nnU-Net's 250 on a GPU), the same on any number of cases;
 - **normalisation** per channel by modality: CT is clipped to the 0.5 and 99.5 percentiles of its foreground
   intensities and z-scored with their mean and standard deviation; any other modality is z-scored per image, over
   its nonzero voxels only when cropping the images to their nonzero region shrinks the median image by more than a
@@ -37,6 +38,7 @@ import numpy as np
 
 from monai_ext.bundle import datalist
 from monai_ext.bundle.planning.intensities import intensity_profile, intensity_warnings, nonzero_mask_rule
+from monai_ext.bundle.planning.schedule import cpu_iterations
 
 __all__ = [
     "BYTES_PER_VOXEL",
@@ -154,8 +156,8 @@ def compute_fingerprint(
     Returns:
         A JSON-ready dict: ``dataset`` (name, digest of dataset.json, case count), ``in_channels``,
         ``channel_names``, ``num_classes``, ``class_names``, ``spacing``, ``median_shape``, ``roi_size``,
-        ``batch_size``, ``normalization`` (one entry per channel, with its ``why``), ``memory_gb``, ``reasons``
-        (key -> why) and ``warnings``.
+        ``batch_size``, ``cpu_iterations_per_epoch``, ``normalization`` (one entry per channel, with its ``why``),
+        ``memory_gb``, ``reasons`` (key -> why) and ``warnings``.
 
     Raises:
         FileNotFoundError, ValueError: from reading dataset.json (naming the key that is wrong, or asking for a
@@ -209,6 +211,7 @@ def compute_fingerprint(
     median_shape = np.round(np.median(at_target, 0))  # voxel counts: 40.0000001 must not round up to the next 8
     total_voxels = float(np.prod(at_target, 1).sum())
     roi, batch, roi_why, batch_why = _roi_and_batch(median_shape, total_voxels, size_multiple, memory_gb, max_roi)
+    iterations, iterations_why = cpu_iterations(roi, batch)
 
     use_nonzero_mask, zscore_why = nonzero_mask_rule(profiles)
     other_profiles = [_profile(case, root) for case in other_cases or ()]
@@ -251,12 +254,14 @@ def compute_fingerprint(
         "median_shape": [int(round(s)) for s in median_shape],
         "roi_size": roi,
         "batch_size": batch,
+        "cpu_iterations_per_epoch": iterations,
         "normalization": normalization,
         "memory_gb": memory_gb,
         "reasons": {
             "spacing": spacing_why,
             "roi_size": roi_why,
             "batch_size": batch_why,
+            "cpu_iterations_per_epoch": iterations_why,
             "normalization": "; ".join(dict.fromkeys(entry["why"] for entry in normalization)),
         },
         "warnings": warnings,
@@ -358,6 +363,7 @@ def format_fingerprint(result: dict[str, Any]) -> str:
         ("median shape at target", shown(result["median_shape"]), ""),
         ("ROI", shown(result["roi_size"]), reasons["roi_size"]),
         ("batch size", str(result["batch_size"]), reasons["batch_size"]),
+        ("iterations per epoch", f"{result['cpu_iterations_per_epoch']} on a CPU", reasons["cpu_iterations_per_epoch"]),
         ("normalisation", "; ".join(norms), reasons["normalization"]),
     ]
     width = max(len(name) for name, _, _ in rows)
