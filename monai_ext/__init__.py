@@ -5,9 +5,10 @@ reachable by a fully dotted name such as ``monai_ext.networks.blocks.SABlock``. 
 time it is named, so that the command line (``python -m monai_ext versions``) starts without torch or MONAI.
 """
 
-# only modules the interpreter has loaded before it runs ``python -m monai_ext``: this package is imported before
-# __main__ can drop the working directory (maybe a received bundle's folder) from sys.path
-import importlib
+# only this package's own module and standard-library modules the interpreter has loaded before it runs
+# ``python -m monai_ext``: this package is imported before __main__ can drop the working directory (maybe a received
+# bundle's folder) from sys.path
+from monai_ext.lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -16,10 +17,7 @@ SUBPACKAGES = ("bundle", "legacy", "networks", "sharing")
 __all__ = ["__version__", *SUBPACKAGES]
 
 
-def __getattr__(name: str) -> object:
-    if name in SUBPACKAGES:
-        return importlib.import_module(f"monai_ext.{name}")
-    raise AttributeError(f"module 'monai_ext' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, SUBPACKAGES)
 
 
 def __dir__() -> list[str]:

@@ -17,7 +17,7 @@ from bundle_cli import (
     trained_network,
 )
 
-from monai_ext.bundle import datalist
+from monai_ext.bundle import datalist, synthetic
 from monai_ext.sharing.checkpoint import load_checkpoint, verify_sha256
 
 pytestmark = pytest.mark.slow
@@ -173,6 +173,12 @@ def test_legacy_checkpoint_converts_and_runs_through_inference(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(ours.eval().reconstruct(x), legacy.reconstruct(x), rtol=1e-4, atol=1e-5)
 
-    run_cli(["run", "--config_file", config_files(bundle, ["inference.json"]), *TINY, *ATTENTION], tmp_path)
-    expected = len(datalist.inference_datalist(bundle / "dataset"))
+    # a converted model names no dataset it was trained on: it runs on a dataset given, never on the synthetic default
+    refused = run_cli(["run", "--config_file", config_files(bundle, ["inference.json"]), *TINY, *ATTENTION], tmp_path,
+                      check=False)  # fmt: skip
+    assert refused.stderr.strip().splitlines()[-1].startswith("SyntheticDataRefusedError: ")
+    data = synthetic.write_synthetic_msd(tmp_path / "data")
+    run_cli(["run", "--config_file", config_files(bundle, ["inference.json"]), *TINY, *ATTENTION, "--dataset_dir",
+             data], tmp_path)  # fmt: skip
+    expected = len(datalist.inference_datalist(data))
     assert len(list((bundle / "outputs").glob("*_recon.nii.gz"))) == expected

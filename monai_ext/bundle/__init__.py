@@ -6,7 +6,7 @@ that commands that need no torch (``check_data``, ``fingerprint``) never import 
 safely live in :mod:`monai_ext.sharing`.
 """
 
-import importlib
+from monai_ext.lazy import lazy_attributes
 
 MODULES = (
     "autoencoder", "data_check", "datalist", "errors", "export", "intensity", "logs", "model_record", "overrides",
@@ -16,7 +16,4 @@ MODULES = (
 __all__ = list(MODULES)
 
 
-def __getattr__(name: str) -> object:
-    if name in MODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, MODULES)

@@ -6,7 +6,7 @@ Each module is imported the first time it is named (``monai_ext.sharing.checkpoi
 config), so that commands that need no torch (``audit``, ``keygen``) never import it.
 """
 
-import importlib
+from monai_ext.lazy import lazy_attributes
 
 MODULES = (
     "allowlist", "audit", "checkpoint", "exchange", "expressions", "packaging", "safe_run", "sandbox", "signing",
@@ -15,7 +15,4 @@ MODULES = (
 __all__ = list(MODULES)
 
 
-def __getattr__(name: str) -> object:
-    if name in MODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, MODULES)

@@ -8,14 +8,11 @@ handlers, as nnU-Net keeps experiment planning apart from training.
 The data decides; the bundle's configs follow what is planned here.
 """
 
-import importlib
+from monai_ext.lazy import lazy_attributes
 
 MODULES = ("fingerprint", "intensities", "schedule")
 
 __all__ = list(MODULES)
 
 
-def __getattr__(name: str) -> object:
-    if name in MODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, MODULES)

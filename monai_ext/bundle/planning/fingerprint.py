@@ -216,8 +216,6 @@ def compute_fingerprint(
     use_nonzero_mask, zscore_why = nonzero_mask_rule(profiles)
     other_profiles = [_profile(case, root) for case in other_cases or ()]
     warnings = intensity_warnings(profiles + other_profiles, modalities)
-    for warning in warnings:
-        logger.warning(warning)
     normalization = []
     for c, name in enumerate(modalities):
         if c in ct_samples and sum(v.size for v in ct_samples[c]):
@@ -311,7 +309,8 @@ def model_configuration(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_fingerprint(path: str | os.PathLike, dataset_dir: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
-    """Return the fingerprint at ``path`` when it describes ``dataset_dir``; else fingerprint the dataset now.
+    """Return the fingerprint at ``path`` when it describes ``dataset_dir``; else fingerprint the dataset now. Its
+    warnings (cases that differ in background or intensity range) go to the log either way.
 
     A fingerprint describes a dataset when it was taken from the same ``dataset.json`` (SHA-256). Bundles call this
     at start, so a run on another dataset never trains with a stale configuration.
@@ -324,15 +323,17 @@ def load_fingerprint(path: str | os.PathLike, dataset_dir: str | os.PathLike, **
     Raises:
         ValueError: ``path`` exists but is not a fingerprint (naming the file).
     """
-    saved = saved_fingerprint(path, dataset_dir)
-    if saved is not None:
-        return saved
-    state = "describes another dataset or is older" if Path(path).is_file() else "does not exist"
-    logger.info(
-        f"{path} {state}: fingerprinting {dataset_dir} for this run (python -m monai_ext fingerprint DATASET_DIR "
-        "--output BUNDLE/configs/fingerprint.json saves it)"
-    )
-    return compute_fingerprint(dataset_dir, **kwargs)
+    result = saved_fingerprint(path, dataset_dir)
+    if result is None:
+        state = "describes another dataset or is older" if Path(path).is_file() else "does not exist"
+        logger.info(
+            f"{path} {state}: fingerprinting {dataset_dir} for this run (python -m monai_ext fingerprint DATASET_DIR "
+            "--output BUNDLE/configs/fingerprint.json saves it)"
+        )
+        result = compute_fingerprint(dataset_dir, **kwargs)
+    for warning in result.get("warnings", []):
+        logger.warning(warning)
+    return result
 
 
 def format_fingerprint(result: dict[str, Any]) -> str:
