@@ -38,7 +38,9 @@ def test_fingerprint_then_zoo_sequence_export_and_ddp_on_a_decathlon_standin(tas
     results = dict(re.findall(r"^STEP ([\w_]+): (.*)$", done.stdout, re.M))
     assert results == {"train": "[]", "evaluate": "[]", "infer": "[]", "verify_net_in_out": "ok", "ckpt_export": "ok"}
     model_file = bundle / "models" / "model.pt"
-    assert model_record.recorded_configuration(model_file) == fingerprint.model_configuration(chosen)
+    recorded = model_record.recorded_configuration(model_file)
+    assert recorded.pop("dataset") == f"{task} stand-in"
+    assert recorded == fingerprint.model_configuration(chosen)
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())["network_data_format"]
     assert meta["inputs"]["image"]["num_channels"] == chosen["in_channels"]
     assert meta["outputs"]["pred"]["num_channels"] == chosen["num_classes"]
@@ -61,4 +63,6 @@ def test_fingerprint_then_zoo_sequence_export_and_ddp_on_a_decathlon_standin(tas
         module=("-m", "torch.distributed.run"),
     )  # fmt: skip
     verify_sha256(model_file)
-    assert model_record.recorded_configuration(model_file) == fingerprint.model_configuration(chosen)
+    recorded = model_record.recorded_configuration(model_file)
+    assert recorded.pop("dataset") == f"{task} stand-in"
+    assert recorded == fingerprint.model_configuration(chosen)

@@ -676,9 +676,11 @@ def test_a_signed_archive_with_a_module_named_itk_is_held_back_then_runs_confine
 
     with pytest.raises(SystemExit):
         unpack(str(tmp_path / "signed.zip"), str(tmp_path / "held"), trust=str(tmp_path / "lab.pub"))
-    assert "--accept itk.py:itk" in capfd.readouterr().out and not (tmp_path / "held").exists()
+    # the optional_import (a name the audit cannot resolve without running it) and itk.py each need a word
+    assert "--accept configs/train.json:run::0,itk.py:itk" in capfd.readouterr().out
+    assert not (tmp_path / "held").exists()
     report = unpack(str(tmp_path / "signed.zip"), str(tmp_path / "received"), trust=str(tmp_path / "lab.pub"),
-                    accept="itk.py:itk")  # fmt: skip
+                    accept="configs/train.json:run::0,itk.py:itk")  # fmt: skip
     assert "signature: valid, signed by the trusted key" in report
     supervisor.run_confined(tmp_path / "received", None, None, None, (), {})
     assert (tmp_path / "received" / "models" / "itk_ran.txt").exists(), "MONAI's import of itk ran the bundle's file"

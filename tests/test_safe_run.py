@@ -302,3 +302,19 @@ def test_a_malformed_bundle_stops_the_confined_run_in_one_line(kind, tmp_path, c
         f"{train}: not a valid config file"
     )  # fmt: skip
     assert out.startswith(f"monai_ext run: cannot run {bundle}: {expected}"), out
+
+
+def test_monai_ext_run_stops_on_an_override_that_names_no_id(tmp_path, capsys):
+    from monai_ext.sharing.safe_run import run
+
+    root = tmp_path / "bundle"
+    (root / "configs").mkdir(parents=True)
+    (root / "configs" / "train.json").write_text(json.dumps({**BASE, "dataset_dir": "."}))
+    with pytest.raises(SystemExit) as exited:
+        run(str(root), dataset_dri="/data/x")
+    assert exited.value.code == 1
+    assert capsys.readouterr().out.strip() == (
+        f"monai_ext run: --dataset_dri (did you mean --dataset_dir?): no such id in {root}/configs/train.json; the "
+        "run would ignore it, so it stops here"
+    )
+    assert not (root / "models").exists(), "nothing ran"

@@ -26,6 +26,7 @@ from typing import Any
 
 from monai.bundle import ConfigComponent, ConfigExpression, ConfigItem, ConfigParser, ConfigWorkflow
 
+from monai_ext.bundle.overrides import UnknownOverrideError, check_overrides
 from monai_ext.sharing.allowlist import Allowlist, component_problems, resolve_dotted
 from monai_ext.sharing.audit import audit_logging_conf
 from monai_ext.sharing.audit.configs import undefined_macros
@@ -286,6 +287,14 @@ def run(
     if isinstance(config_file, str):
         config_file = [config_file]
     override = _absolute_paths(override)
+    files = [f if os.path.isabs(f) else os.path.join(bundle_dir, f) for f in config_file or ["configs/train.json"]]
+    try:  # read as data, never evaluated
+        check_overrides(files, override)
+    except UnknownOverrideError as err:
+        print(f"monai_ext run: {err}")
+        raise SystemExit(1) from None
+    except (ValueError, OSError, RecursionError):
+        pass  # an unreadable config: the run below names it in its own one-line refusal
     if unconfined:
         print("monai_ext run: NOT confined by the kernel (--unconfined): only the allow-list checks protect this run")
         try:
