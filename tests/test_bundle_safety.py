@@ -145,9 +145,10 @@ def test_ctrl_c_prints_the_resume_command_and_another_dataset_is_never_offered_r
     while not (bundle / "models" / "checkpoint_epoch=1.pt").exists() and training.poll() is None:
         time.sleep(0.2)
     training.send_signal(signal.SIGINT)
-    _, stderr = training.communicate(timeout=120)
+    stdout, stderr = training.communicate(timeout=120)
     resume = shlex.join([sys.executable, "-m", "monai.bundle", *args, "--resume", "True"])
     assert stderr.strip().splitlines()[-1] == f"Interrupted; the last finished epoch is kept. Resume with: {resume}"
+    assert "Traceback" not in stdout + stderr and "terminating due to exception" not in stdout + stderr
     # the printed command, with 2 epochs in all instead of 500
     done = subprocess.run([*shlex.split(resume)[:-4], "--train#trainer#max_epochs", "2", "--resume", "True"],
                           cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip

@@ -3,7 +3,9 @@
 ``python -m monai.bundle run`` evaluates our checks inside config expressions, so an error of ours reached the user
 as 60 to 140 lines of traceback ending in "Failed to evaluate ConfigExpression". :func:`concise_errors`, the first
 step of a bundle's ``initialize``, makes an uncaught :class:`BundleError` (anywhere in the chain of causes) print as
-its own message alone, and a Ctrl-C during training print the exact command that resumes it.
+its own message alone, and a Ctrl-C during training print the exact command that resumes it
+(:class:`monai_ext.bundle.logs.TidyEngineRecords` leaves out the records Ignite and MONAI's ``StatsHandler`` log of
+either).
 """
 
 from __future__ import annotations
@@ -13,11 +15,17 @@ import sys
 from collections.abc import Sequence
 from types import TracebackType
 
-__all__ = ["BundleError", "concise_errors", "resume_command"]
+__all__ = ["BundleError", "concise_errors", "printed_alone", "resume_command"]
 
 
 class BundleError(Exception):
     """An error whose message names what is wrong and what to do about it; printed alone under MONAI's runner."""
+
+
+def printed_alone(error: BaseException | None) -> bool:
+    """Whether :func:`concise_errors` prints ``error`` as one line (ours, or a Ctrl-C), so that logging it again with
+    its traceback (Ignite, MONAI's ``StatsHandler``) only buries that line."""
+    return any(_in_chain(error, kind) is not None for kind in (BundleError, KeyboardInterrupt))
 
 
 def _in_chain(error: BaseException | None, kind: type[BaseException]) -> BaseException | None:

@@ -16,6 +16,8 @@ from monai.apps.utils import get_logger
 from monai.handlers import MetricsSaver, StatsHandler
 from monai.utils import is_scalar
 
+from monai_ext.bundle.errors import printed_alone
+
 __all__ = [
     "ClassNamedMetricsSaver",
     "EvaluationStatsHandler",
@@ -153,12 +155,16 @@ class TidyEngineRecords(logging.Filter):
       numbered after the trainer's) becomes ``Evaluation run (epoch E+1)``.
     - MONAI's ``Got new best metric of NAME: 0.96633851528`` and ``Key metric: NAME best value: 0.96633851528 at
       epoch: E`` show the value to 4 decimals.
+    - Records of an error that :func:`monai_ext.bundle.errors.concise_errors` prints as one line (ours, or Ctrl-C),
+      which Ignite and ``StatsHandler`` log with its traceback just before, are left out.
     """
 
     _RESUMING = re.compile(r"Engine run resuming from iteration 0, epoch (\d+) until (\d+) epochs")
     _FLOAT = re.compile(r"(?<=: )(-?\d+\.\d{5,})(?=\s|$)")
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if printed_alone(record.exc_info[1] if record.exc_info else sys.exc_info()[1]):
+            return False
         message = record.getMessage()
         tidy = message
         found = self._RESUMING.fullmatch(message)
