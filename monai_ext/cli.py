@@ -52,7 +52,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Export a bundle's trained network to torch.export (.pt2), ONNX and TorchScript, each checked against eager.",
     ),
     "record_sha256": (
-        "monai_ext.sharing.checkpoint:record_sha256",
+        "monai_ext.sharing.hashes:record_sha256",
         "Compute the SHA-256 of ``path`` and record it in the manifest next to it.",
     ),
     "audit": (

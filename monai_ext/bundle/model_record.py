@@ -17,7 +17,7 @@ from typing import Any
 
 from monai_ext.bundle.errors import BundleError
 from monai_ext.bundle.planning.fingerprint import load_fingerprint, model_configuration, saved_fingerprint
-from monai_ext.sharing.checkpoint import SHA256_MANIFEST, atomic_write, read_manifest
+from monai_ext.sharing.hashes import SHA256_MANIFEST, atomic_write, read_manifest
 
 __all__ = [
     "CONFIGURATION_FIELDS",

@@ -178,7 +178,7 @@ class SyntheticDataRefusedError(BundleError):
 
 def trained_on(model_file: str | os.PathLike) -> str | None:
     """The name of the dataset a model's record says it was trained on; ``None`` without a model."""
-    from monai_ext.sharing.checkpoint import read_manifest  # torch: only when a bundle runs
+    from monai_ext.sharing.hashes import read_manifest
 
     path = Path(model_file)
     if not path.is_file():

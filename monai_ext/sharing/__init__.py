@@ -9,7 +9,8 @@ config), so that commands that need no torch (``audit``, ``keygen``) never impor
 from monai_ext.lazy import lazy_attributes
 
 MODULES = (
-    "allowlist", "audit", "checkpoint", "exchange", "expressions", "packaging", "safe_run", "sandbox", "signing",
+    "allowlist", "audit", "checkpoint", "exchange", "expressions", "hashes", "packaging", "safe_run", "sandbox",
+    "signing",
 )  # fmt: skip
 
 __all__ = list(MODULES)

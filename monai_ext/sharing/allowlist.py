@@ -35,6 +35,7 @@ ALLOWED_MODULE_PREFIXES = (
     "torch.nn", "torch.optim", "torch.utils.data",
     "ignite.handlers", "ignite.metrics", "ignite.engine", "ignite.contrib.handlers",
     "monai_ext.networks", "monai_ext.bundle", "monai_ext.legacy", "monai_ext.sharing.checkpoint",
+    "monai_ext.sharing.hashes",
     "math",
 )  # fmt: skip
 # Objects allowed by exact qualified name, outside the prefixes above.
@@ -91,8 +92,8 @@ WRITERS = {
     "os.makedirs": ("name", 0),
     "monai_ext.sharing.checkpoint.save_checkpoint": ("path", 1),
     "monai_ext.sharing.checkpoint.atomic_torch_save": ("path", 1),
-    "monai_ext.sharing.checkpoint.record_sha256": ("path", 0),
-    "monai_ext.sharing.checkpoint.atomic_write": ("path", 0),
+    "monai_ext.sharing.hashes.record_sha256": ("path", 0),
+    "monai_ext.sharing.hashes.atomic_write": ("path", 0),
     "monai_ext.bundle.previews.save_slice_preview": ("filepath", 3),
     "monai.networks.utils.save_state": ("path", 1),
     "monai.handlers.utils.write_metrics_reports": ("save_dir", 0),

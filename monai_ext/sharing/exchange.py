@@ -14,7 +14,7 @@ from typing import Any
 
 from monai_ext.sharing import signing
 from monai_ext.sharing.audit import AuditItem, audit_bundle, format_report
-from monai_ext.sharing.checkpoint import CheckpointIntegrityError
+from monai_ext.sharing.hashes import CheckpointIntegrityError
 from monai_ext.sharing.packaging import (
     MAX_FILE_BYTES,
     MAX_FILES,

@@ -27,7 +27,7 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 
 from monai_ext.sharing import signing
-from monai_ext.sharing.checkpoint import (
+from monai_ext.sharing.hashes import (
     SHA256_MANIFEST,
     atomic_write,
     manifest_bytes,
