@@ -18,7 +18,7 @@ from bundle_cli import config_files, copy_bundle, run_cli, tiny_msd
 
 from monai_ext.bundle.synthetic import write_synthetic_msd
 from monai_ext.sharing.audit import audit_bundle
-from monai_ext.sharing.checkpoint import load_checkpoint, verify_sha256
+from monai_ext.sharing.checkpoint import load_checkpoint, read_manifest, verify_sha256
 from monai_ext.sharing.exchange import run_command, unpack
 from monai_ext.sharing.packaging import pack_bundle, unpack_bundle
 
@@ -142,7 +142,7 @@ def test_ctrl_c_prints_the_resume_command_and_another_dataset_is_never_offered_r
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
     training = subprocess.Popen([sys.executable, "-m", "monai.bundle", *args], cwd=tmp_path, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    while not (bundle / "models" / "checkpoint_epoch=1.pt").exists() and training.poll() is None:
+    while "checkpoint_epoch=1.pt" not in read_manifest(bundle / "models") and training.poll() is None:
         time.sleep(0.2)
     training.send_signal(signal.SIGINT)
     stdout, stderr = training.communicate(timeout=120)

@@ -238,3 +238,31 @@ def test_add_safe_globals_cannot_open_our_loaders_to_code(tmp_path, safe_globals
 
     torch.load(crafted, weights_only=True)  # PyTorch's own weights-only load, side by side: the payload runs
     assert (tmp_path / "RAN.npy").is_file()
+
+
+def test_a_ctrl_c_during_a_save_waits_until_the_checkpoint_is_recorded(tmp_path):
+    """SIGINT between the file's rename and its SHA-256 record left a checkpoint that resume refuses; it is now held
+    until the save is complete, then raised."""
+    import hashlib
+    import signal
+
+    from monai_ext.sharing.checkpoint import AtomicDiskSaver, read_manifest
+
+    saver = AtomicDiskSaver(tmp_path)
+    interrupt_while_writing = {"model": _InterruptsWhenPickled(), "weights": torch.zeros(2)}
+    with pytest.raises(KeyboardInterrupt):
+        saver(interrupt_while_writing, "checkpoint_epoch=1.pt")
+    recorded = read_manifest(tmp_path)["checkpoint_epoch=1.pt"]["sha256"]
+    assert recorded == hashlib.sha256((tmp_path / "checkpoint_epoch=1.pt").read_bytes()).hexdigest()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "Ctrl-C acts at once again"
+
+
+class _InterruptsWhenPickled:
+    """Sends this process SIGINT while torch.save writes it, as a Ctrl-C in the middle of a save would."""
+
+    def __reduce__(self):
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGINT)
+        return (dict, ())

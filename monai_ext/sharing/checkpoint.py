@@ -14,12 +14,15 @@ What MONAI and Ignite leave open, and what this module adds:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
 import os
 import pickle
-from collections.abc import Mapping
+import signal
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +165,25 @@ def _checkpoint_keys(checkpoint: Any) -> list[str] | None:
     return None
 
 
+@contextlib.contextmanager
+def _ctrl_c_after() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) until the block is done, then act on it as before: a file renamed into place but not
+    yet recorded would be refused on resume, with the checkpoint before it already marked for removal."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread receives signals
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received and callable(previous):
+        previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
+    elif received and previous != signal.SIG_IGN:
+        os.kill(os.getpid(), signal.SIGINT)
+
+
 class AtomicDiskSaver(DiskSaver):
     """Ignite ``DiskSaver`` that fsyncs, keeps the previous file until the next is written, and records SHA-256.
 
@@ -206,7 +228,10 @@ class AtomicDiskSaver(DiskSaver):
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         if idist.get_rank() != self.save_on_rank:
             return
-        filename = self.filename or filename
+        with _ctrl_c_after():
+            self._save(checkpoint, self.filename or filename, metadata)
+
+    def _save(self, checkpoint: Mapping, filename: str, metadata: Mapping | None) -> None:
         atomic_torch_save(checkpoint, self.dirname / filename, **self.kwargs)
         stale = tuple(name for name in self._pending_removal if name != filename)
         self._pending_removal.clear()
