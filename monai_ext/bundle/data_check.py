@@ -19,7 +19,7 @@ import numpy as np
 
 from monai_ext.bundle.datalist import channel_names, modality_channels, read_dataset_json
 from monai_ext.bundle.errors import BundleError
-from monai_ext.bundle.planning.intensities import intensity_profile, intensity_warnings
+from monai_ext.bundle.planning.intensities import file_profile, intensity_warnings
 
 __all__ = [
     "MAX_BYTES",
@@ -343,10 +343,6 @@ def case_differences(dataset_dir: str | os.PathLike, cases: Sequence[Mapping]) -
     """How the images of ``cases`` differ in background and intensity range, naming the cases at both ends (see
     :mod:`monai_ext.bundle.planning.intensities`); one image in memory at a time."""
     root = Path(dataset_dir).expanduser().resolve()
-    profiles = []
-    for case in cases:
-        data = np.asanyarray(nib.load(case["image"]).dataobj, dtype=np.float32)
-        shown = os.path.relpath(case["image"], root) if Path(case["image"]).is_relative_to(root) else case["image"]
-        profiles.append(intensity_profile(data, str(shown)))
+    profiles = [file_profile(case["image"], root) for case in cases]
     channels = len(profiles[0].zero_fraction) if profiles else 0
     return intensity_warnings(profiles, channel_names(_read_dataset_json(root), channels))

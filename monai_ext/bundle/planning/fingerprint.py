@@ -37,7 +37,13 @@ import nibabel as nib
 import numpy as np
 
 from monai_ext.bundle import datalist
-from monai_ext.bundle.planning.intensities import intensity_profile, intensity_warnings, nonzero_mask_rule
+from monai_ext.bundle.planning.intensities import (
+    case_name,
+    file_profile,
+    intensity_profile,
+    intensity_warnings,
+    nonzero_mask_rule,
+)
 from monai_ext.bundle.planning.schedule import cpu_iterations
 
 __all__ = [
@@ -191,7 +197,7 @@ def compute_fingerprint(
         elif count != channels:
             raise ValueError(f"{case['image']}: {count} channels, while the first training case has {channels}")
         data = np.asanyarray(image.dataobj, dtype=np.float32).reshape(*image.shape[:3], channels)
-        profiles.append(intensity_profile(data, _shown(case["image"], root)))
+        profiles.append(intensity_profile(data, case_name(case["image"], root)))
         ct_channels = [c for c, name in enumerate(modalities) if name.upper() == "CT"]
         if ct_channels:
             foreground = np.asanyarray(nib.load(case["label"]).dataobj) > 0
@@ -214,7 +220,7 @@ def compute_fingerprint(
     iterations, iterations_why = cpu_iterations(roi, batch)
 
     use_nonzero_mask, zscore_why = nonzero_mask_rule(profiles)
-    other_profiles = [_profile(case, root) for case in other_cases or ()]
+    other_profiles = [file_profile(case["image"], root) for case in other_cases or ()]
     warnings = intensity_warnings(profiles + other_profiles, modalities)
     normalization = []
     for c, name in enumerate(modalities):
@@ -264,16 +270,6 @@ def compute_fingerprint(
         },
         "warnings": warnings,
     }
-
-
-def _shown(path: str | os.PathLike, root: Path) -> str:
-    return os.path.relpath(path, root) if Path(path).is_relative_to(root) else str(path)
-
-
-def _profile(case: dict, root: Path) -> Any:
-    image = nib.load(case["image"])
-    data = np.asanyarray(image.dataobj, dtype=np.float32).reshape(*image.shape[:3], _channel_count(image))
-    return intensity_profile(data, _shown(case["image"], root))
 
 
 def saved_fingerprint(path: str | os.PathLike, dataset_dir: str | os.PathLike) -> dict[str, Any] | None:

@@ -13,12 +13,17 @@ what made a model trained on noisy backgrounds fail on a clean one, the second i
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
-__all__ = ["IntensityProfile", "intensity_profile", "intensity_warnings", "nonzero_mask_rule"]
+__all__ = [
+    "IntensityProfile", "case_name", "file_profile", "intensity_profile", "intensity_warnings", "nonzero_mask_rule",
+]  # fmt: skip
 
 # nnU-Net's threshold: cropping to the nonzero region must keep less than this share of the median image
 NONZERO_CROP_RATIO = 0.75
@@ -65,6 +70,18 @@ def intensity_profile(data: np.ndarray, case: str) -> IntensityProfile:
         low, high = np.percentile(sample, RANGE_PERCENTILES)
         ranges.append(float(high - low))
     return IntensityProfile(case, tuple(zeros), tuple(ranges), float(cropped / nonzero.size))
+
+
+def case_name(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """A case's image file as a person finds it in the dataset: relative to the dataset folder when inside it."""
+    return os.path.relpath(path, root) if Path(path).resolve().is_relative_to(Path(root).resolve()) else str(path)
+
+
+def file_profile(path: str | os.PathLike, root: str | os.PathLike) -> IntensityProfile:
+    """:func:`intensity_profile` of a NIfTI file (3D, or 4D with the channels last), named by :func:`case_name`."""
+    image = nib.load(path)
+    data = np.asanyarray(image.dataobj, dtype=np.float32).reshape(*image.shape[:3], -1)
+    return intensity_profile(data, case_name(path, root))
 
 
 def nonzero_mask_rule(profiles: Sequence[IntensityProfile]) -> tuple[bool, str]:
