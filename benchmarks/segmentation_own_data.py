@@ -47,7 +47,7 @@ NETWORKS = {
              "out_channels": "@num_classes", "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 2},
     "dynunet": {"_target_": "monai.networks.nets.DynUNet", "spatial_dims": 3, "in_channels": "@in_channels",
                 "out_channels": "@num_classes", "kernel_size": [3, 3, 3, 3], "strides": [1, 2, 2, 2],
-                "upsample_kernel_size": [2, 2, 2], "norm_name": "instance"},
+                "upsample_kernel_size": [2, 2, 2], "filters": [16, 32, 64, 128], "norm_name": "instance"},
 }  # fmt: skip
 
 
@@ -123,7 +123,10 @@ def dice(segmentation: Path, label: Path) -> list[float]:
             for c in (1, 2)]  # fmt: skip
 
 
-def run_model(name: str, data: Path, work: Path, budget: float, epochs_for: int | None) -> dict:
+def run_model(
+    name: str, data: Path, work: Path, budget: float, epochs_for: int | None, overrides: tuple[str, ...] = ()
+) -> dict:
+    """Copy the bundle's definition, run the documented commands with ``overrides`` added to training, score it."""
     bundle = work / name
     shutil.rmtree(bundle, ignore_errors=True)
     bundle.mkdir(parents=True)
@@ -135,7 +138,7 @@ def run_model(name: str, data: Path, work: Path, budget: float, epochs_for: int 
     network = [] if NETWORKS[name] is None else ["--network_def", json.dumps(NETWORKS[name])]
     epochs = [] if epochs_for is None else ["--train#trainer#max_epochs", str(epochs_for)]
     train = [*python, "monai.bundle", "run", "--config_file", "configs/train.json", "--dataset_dir", str(data),
-             *epochs, *network]  # fmt: skip
+             *epochs, *network, *overrides]  # fmt: skip
     log, seconds = _run(train, bundle, budget)
     (work / f"{name}_train.log").write_text(log)
     infer = [*python, "monai.bundle", "run", "--config_file", "configs/inference.json", "--dataset_dir", str(data),
@@ -162,6 +165,7 @@ def main() -> None:
         default=None,
         help="--train#trainer#max_epochs for every model; default the bundle's own (10)",
     )
+    parser.add_argument("--seeds", type=int, default=1, help="runs per model, with --seed 0, 1, ...")
     parser.add_argument("--cases", type=int, default=4, help="training cases")
     parser.add_argument("--background", choices=("noisy", "clean"), default="noisy")
     parser.add_argument("--no-distort", dest="distort", action="store_false")
@@ -172,11 +176,12 @@ def main() -> None:
     data = write_dataset(work / "data", args.cases, args.background, args.distort)
     print(f"{args.cases} training cases, {args.background} background, distorted: {args.distort}, "
           f"epochs: {args.epochs or 'the bundle default'}, at most {args.budget:g} s each", flush=True)  # fmt: skip
-    print("| model | train s | epochs | Dice GM | Dice WM | mean |\n| --- | --- | --- | --- | --- | --- |", flush=True)
+    print("| model | seed | train s | epochs | Dice GM | Dice WM | mean |\n|" + " --- |" * 7, flush=True)
     for name in args.models.split(","):
-        r = run_model(name, data, work, args.budget, args.epochs)
-        print(f"| {r['model']} | {r['train_s']} | {r['epochs']} | {r['dice_gm']} | {r['dice_wm']} | "
-              f"{r['mean_dice']} |", flush=True)  # fmt: skip
+        for seed in range(args.seeds):
+            r = run_model(name, data, work, args.budget, args.epochs, ("--seed", str(seed)))
+            print(f"| {r['model']} | {seed} | {r['train_s']} | {r['epochs']} | {r['dice_gm']} | {r['dice_wm']} | "
+                  f"{r['mean_dice']} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
