@@ -16,8 +16,9 @@ a scale) and, by default, background noise so that no voxel is exactly zero. The
 
     pip install --no-deps nilearn==0.14.1
     python benchmarks/segmentation_own_data.py                                  # 4 noisy cases, the bundle's 10 epochs
-    python benchmarks/segmentation_own_data.py --cases 8 --epochs 27 --budget 400
-    python benchmarks/segmentation_own_data.py --background clean --no-distort --models hybrid
+    python benchmarks/segmentation_own_data.py --epochs 8 --budget 120 --seeds 2   # about 100 s, as in docs/bundles.md
+    python benchmarks/segmentation_own_data.py --epochs 25 --budget 300            # about 300 s
+    python benchmarks/segmentation_own_data.py --epochs 8 --budget 120 --background clean --models hybrid,unet
 """
 
 from __future__ import annotations
@@ -107,7 +108,11 @@ def write_dataset(root: Path, cases: int, background: str, distort: bool, seed: 
 def _run(command: list[str], cwd: Path, budget: float | None = None) -> tuple[str, float]:
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
     start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # a shell's background job ignores SIGINT and its children inherit that: give them a terminal's Ctrl-C
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     try:
         output, _ = process.communicate(timeout=budget)
     except subprocess.TimeoutExpired:
