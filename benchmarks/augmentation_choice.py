@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from segmentation_own_data import BUNDLE, run_model, write_dataset  # noqa: E402
+from segmentation_own_data import BUNDLE, add_dataset_arguments, fresh_dataset, run_model  # noqa: E402
 
 IMAGE = {"keys": "image"}
 BOTH = {"keys": "@data_keys"}
@@ -56,14 +55,9 @@ def main() -> None:
     parser.add_argument("--no-baseline", dest="baseline", action="store_false")
     parser.add_argument("--without", default="", help="candidates to take out of the bundle's list first")
     parser.add_argument("--budget", type=float, default=600.0, help="most training wall time per run, in seconds")
-    parser.add_argument("--cases", type=int, default=4)
-    parser.add_argument("--background", choices=("noisy", "clean"), default="noisy")
-    parser.add_argument("--no-distort", dest="distort", action="store_false")
-    parser.add_argument("--work", default="/tmp/monai_ext_augmentation")
+    add_dataset_arguments(parser, "/tmp/monai_ext_augmentation")
     args = parser.parse_args()
-    work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    data = write_dataset(work / "data", args.cases, args.background, args.distort)
+    work, data = fresh_dataset(args)
     base = bundle_augmentation([name for name in args.without.split(",") if name])
     runs = [(f"baseline, seed {seed}", base, seed) for seed in range(args.seeds) if args.baseline]
     runs += [(name, [*base, CANDIDATES[name]], 0) for name in args.candidates.split(",") if name]

@@ -105,6 +105,21 @@ def write_dataset(root: Path, cases: int, background: str, distort: bool, seed: 
     return root
 
 
+def add_dataset_arguments(parser: argparse.ArgumentParser, work: str) -> None:
+    """The options that choose the dataset (``--cases``, ``--background``, ``--no-distort``) and the work folder."""
+    parser.add_argument("--cases", type=int, default=4, help="training cases")
+    parser.add_argument("--background", choices=("noisy", "clean"), default="noisy")
+    parser.add_argument("--no-distort", dest="distort", action="store_false")
+    parser.add_argument("--work", default=work, help="emptied, then holds the data and each run's bundle and logs")
+
+
+def fresh_dataset(args: argparse.Namespace) -> tuple[Path, Path]:
+    """Empty the work folder and write the dataset the arguments choose; return both folders."""
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    return work, write_dataset(work / "data", args.cases, args.background, args.distort)
+
+
 def _run(command: list[str], cwd: Path, budget: float | None = None) -> tuple[str, float]:
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
     start = time.perf_counter()
@@ -171,14 +186,9 @@ def main() -> None:
         help="--train#trainer#max_epochs for every model; default the bundle's own (10)",
     )
     parser.add_argument("--seeds", type=int, default=1, help="runs per model, with --seed 0, 1, ...")
-    parser.add_argument("--cases", type=int, default=4, help="training cases")
-    parser.add_argument("--background", choices=("noisy", "clean"), default="noisy")
-    parser.add_argument("--no-distort", dest="distort", action="store_false")
-    parser.add_argument("--work", default="/tmp/monai_ext_own_data")
+    add_dataset_arguments(parser, "/tmp/monai_ext_own_data")
     args = parser.parse_args()
-    work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    data = write_dataset(work / "data", args.cases, args.background, args.distort)
+    work, data = fresh_dataset(args)
     print(f"{args.cases} training cases, {args.background} background, distorted: {args.distort}, "
           f"epochs: {args.epochs or 'the bundle default'}, at most {args.budget:g} s each", flush=True)  # fmt: skip
     print("| model | seed | train s | epochs | Dice GM | Dice WM | mean |\n|" + " --- |" * 7, flush=True)
