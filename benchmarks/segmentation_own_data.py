@@ -4,9 +4,9 @@ Each model runs exactly as a lab runs the bundle on its own data, and nothing el
 definition, ``python -m monai_ext check_data``, ``python -m monai_ext fingerprint --output configs/fingerprint.json``,
 ``python -m monai.bundle run --config_file configs/train.json --dataset_dir DATA`` with its default epochs (or
 ``--epochs N``), stopped with Ctrl-C (SIGINT) if it runs past the wall-clock ``--budget`` (the best model so far is
-kept), then ``--config_file configs/inference.json``. UNet
-and DynUNet are the same commands with ``--network_def`` replaced, so the three share the data pipeline and differ in
-the network alone. Dice is computed here, from the written segmentations and the true labels, not by the bundle.
+kept), then ``--config_file configs/inference.json``. UNet and DynUNet are the same commands with ``--network_def``
+replaced, so the three share the data pipeline and differ in the network alone. Dice is computed here, from the
+written segmentations and the true labels, not by the bundle.
 
 Data: the MNI ICBM152 2009 T1 template (nilearn's wheel: ``pip install --no-deps nilearn==0.14.1``), grey and white
 matter from its probability maps, resampled to 2 mm. Training cases come from the inferior 55% of the slices, each
@@ -159,13 +159,13 @@ def run_model(
     epochs = [] if epochs_for is None else ["--train#trainer#max_epochs", str(epochs_for)]
     train = [*python, "monai.bundle", "run", "--config_file", "configs/train.json", "--dataset_dir", str(data),
              *epochs, *network, *overrides]  # fmt: skip
-    log, seconds = _run(train, bundle, budget)
-    (work / f"{name}_train.log").write_text(log)
+    train_log, seconds = _run(train, bundle, budget)
+    (work / f"{name}_train.log").write_text(train_log)
+    epochs = train_log.count("iterations, loss")
     infer = [*python, "monai.bundle", "run", "--config_file", "configs/inference.json", "--dataset_dir", str(data),
              *network]  # fmt: skip
-    log, _ = _run(infer, bundle)
-    (work / f"{name}_inference.log").write_text(log)
-    epochs = (work / f"{name}_train.log").read_text().count("iterations, loss")
+    inference_log, _ = _run(infer, bundle)
+    (work / f"{name}_inference.log").write_text(inference_log)
     written = list((bundle / "outputs").glob("val_0*_seg.nii.gz"))
     if not written:  # no epoch finished within the budget, so there is no model to segment with
         return {"model": name, "train_s": round(seconds), "epochs": epochs, "dice_gm": "-", "dice_wm": "-",
