@@ -11,6 +11,7 @@ from ignite.engine import Engine
 
 from monai_ext.bundle.resume import BestMetricState, ResumableCheckpointer, find_latest_checkpoint
 from monai_ext.sharing.checkpoint import load_checkpoint, read_manifest
+from monai_ext.sharing.hashes import CheckpointIntegrityError
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny_training  # noqa: E402
@@ -100,12 +101,23 @@ def test_argument_validation():
 
 
 def _saved_epoch(out_dir):
-    """The epoch of the newest complete training checkpoint, or 0 (the training may delete it while we read)."""
-    try:
-        trainer = load_checkpoint(find_latest_checkpoint(out_dir, ["trainer"]))["trainer"]
-    except (TypeError, FileNotFoundError):
-        return 0
+    """The epoch of the newest complete training checkpoint."""
+    trainer = load_checkpoint(find_latest_checkpoint(out_dir, ["trainer"]))["trainer"]
     return trainer["iteration"] // trainer["epoch_length"]
+
+
+def _saved_epoch_while_training(out_dir):
+    """:func:`_saved_epoch`, or 0 while there is none yet or the one found is being replaced.
+
+    A superseded checkpoint loses its manifest record just before its file is deleted, so a reader between the two
+    finds a file with no record (``CheckpointIntegrityError``) or, a moment later, no file.
+    """
+    if find_latest_checkpoint(out_dir, ["trainer"]) is None:
+        return 0
+    try:
+        return _saved_epoch(out_dir)
+    except (CheckpointIntegrityError, FileNotFoundError):
+        return 0
 
 
 def _wait_for(predicate, process, timeout_s=120):
@@ -125,7 +137,7 @@ def test_training_killed_with_sigkill_resumes_and_finishes(tmp_path, uninterrupt
     command = [sys.executable, str(SCRIPT), str(tmp_path), *options]
     process = subprocess.Popen(command)
     try:
-        _wait_for(lambda: _saved_epoch(tmp_path) >= kill_after, process)
+        _wait_for(lambda: _saved_epoch_while_training(tmp_path) >= kill_after, process)
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait()
