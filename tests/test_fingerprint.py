@@ -113,11 +113,27 @@ def test_a_small_memory_budget_shrinks_the_roi_and_says_so(datasets):
     roomy = fingerprint.compute_fingerprint(datasets["BrainTumour"])
     tight = fingerprint.compute_fingerprint(datasets["BrainTumour"], memory_gb=0.55)
     budget = 0.55 * 2**30 - fingerprint.FIXED_BYTES
-    assert 2 * np.prod(tight["roi_size"]) * fingerprint.BYTES_PER_VOXEL <= budget
+    # a step trains on every patch of every image in the batch
+    patches = tight["batch_size"] * tight["num_samples"]
+    assert patches == 4 and patches * np.prod(tight["roi_size"]) * fingerprint.BYTES_PER_VOXEL <= budget
     assert np.prod(tight["roi_size"]) < np.prod(roomy["roi_size"])
     assert all(r % 8 == 0 for r in tight["roi_size"])
-    assert "shrunk to fit a batch of 2 in 0.55 GB" in tight["reasons"]["roi_size"]
-    assert tight["batch_size"] == 2
+    assert "shrunk to fit 2 images of 2 patches in 0.55 GB" in tight["reasons"]["roi_size"]
+
+
+def test_the_fingerprint_counts_the_patches_the_bundles_training_step_holds(tmp_path):
+    from monai.bundle import ConfigParser
+
+    bundle = REPO_ROOT / "bundles" / "medt_segmentation_3d"
+    parser = ConfigParser()
+    parser.read_config(bundle / "configs" / "train.json")
+    data = synthetic.write_synthetic_msd(tmp_path / "data", num_training=4, num_test=0)
+    parser.update({"bundle_root": str(bundle), "dataset_dir": data, "fingerprint_file": str(tmp_path / "none.json")})
+    step = next(iter(parser.get_parsed_content("train#dataloader")))["image"]
+    result = fingerprint.compute_fingerprint(data)
+    assert step.shape[0] == result["batch_size"] * result["num_samples"] == 4
+    voxels = step.shape[0] * int(np.prod(step.shape[2:]))
+    assert f"an epoch at {voxels} a step" in result["reasons"]["cpu_iterations_per_epoch"]
 
 
 def test_a_saved_fingerprint_is_used_only_for_the_dataset_it_describes(datasets, tmp_path):

@@ -8,8 +8,9 @@ channels, a sample of foreground intensities. From these:
   has fewer than a third of its voxels (thick slices), that axis takes the 10th percentile of its spacings instead
   (nnU-Net's rule), so thin-slice cases are not thrown away;
 - **ROI**: the median shape at the target spacing, rounded up to the network's size multiple, shrunk along its
-  longest axis (relative to the median shape) until a training step fits ``memory_gb``;
-- **batch size**: as many patches as fit ``memory_gb``, at least 2, at most 5% of the dataset's voxels per step;
+  longest axis (relative to the median shape) until the smallest training step fits ``memory_gb``;
+- **batch size**: images per step, each giving :data:`NUM_SAMPLES` patches (``num_samples``): as many as fit
+  ``memory_gb``, at least 2, with the step's patches at most 5% of the dataset's voxels;
 - **iterations per epoch** on a CPU (:mod:`.schedule`; nnU-Net's 250 on a GPU), the same on any number of cases;
 - **normalisation** per channel by modality: CT is clipped to the 0.5 and 99.5 percentiles of its foreground
   intensities and z-scored with their mean and standard deviation; any other modality is z-scored per image, over
@@ -49,6 +50,7 @@ from monai_ext.bundle.planning.schedule import cpu_iterations
 __all__ = [
     "BYTES_PER_VOXEL",
     "FINGERPRINT_VERSION",
+    "NUM_SAMPLES",
     "compute_fingerprint",
     "fingerprint",
     "format_fingerprint",
@@ -59,7 +61,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FINGERPRINT_VERSION = 2  # 2: nnU-Net's nonzero-mask rule, reasons per channel, warnings
+# 2: nnU-Net's nonzero-mask rule, reasons per channel, warnings; 3: num_samples, memory counts every patch of a step
+FINGERPRINT_VERSION = 3
 # Training memory of the bundle's network per voxel of a batch (activations, gradients, optimiser, in bytes), and the
 # fixed part (weights, CUDA context). Measured for HybridAxialUNet: about 300 bytes per voxel on CPU; doubled for
 # cuDNN workspaces and allocator slack.
@@ -70,6 +73,9 @@ CT_PERCENTILES = (0.5, 99.5)
 # foreground voxels sampled per CT case for the intensity statistics (nnU-Net takes 10,000)
 CT_SAMPLES_PER_CASE = 10_000
 MAX_BATCH_SHARE = 0.05
+MIN_BATCH = 2
+# patches cropped from each loaded image per step: a step reads half as many images as it trains patches on
+NUM_SAMPLES = 2
 CT_WHY = "CT: clip to the foreground's 0.5-99.5 percentiles, z-score with their mean and std (nnU-Net's rule)"
 
 
@@ -117,7 +123,7 @@ def _roi_and_batch(
     rounded = np.ceil(median_shape / size_multiple) * size_multiple
     roi = np.maximum(np.minimum(rounded, max_roi), size_multiple).astype(int)
     shrunk = False
-    while 2 * int(np.prod(roi)) * BYTES_PER_VOXEL > budget and roi.max() > size_multiple:
+    while MIN_BATCH * NUM_SAMPLES * int(np.prod(roi)) * BYTES_PER_VOXEL > budget and roi.max() > size_multiple:
         axis = int(np.argmax(roi / median_shape))
         if roi[axis] <= size_multiple:
             axis = int(np.argmax(roi))
@@ -127,12 +133,15 @@ def _roi_and_batch(
     if (rounded > max_roi).any():
         roi_why += f", at most {max_roi} per axis"
     if shrunk:
-        roi_why += f", shrunk to fit a batch of 2 in {memory_gb:g} GB"
-    patch = int(np.prod(roi))
-    by_memory = max(2, int(budget // (patch * BYTES_PER_VOXEL)))
-    by_share = max(2, int(MAX_BATCH_SHARE * total_voxels // patch))
+        roi_why += f", shrunk to fit {MIN_BATCH} images of {NUM_SAMPLES} patches in {memory_gb:g} GB"
+    per_image = NUM_SAMPLES * int(np.prod(roi))
+    by_memory = max(MIN_BATCH, int(budget // (per_image * BYTES_PER_VOXEL)))
+    by_share = max(MIN_BATCH, int(MAX_BATCH_SHARE * total_voxels // per_image))
     batch = min(by_memory, by_share)
-    batch_why = f"fits {memory_gb:g} GB: {by_memory}; {MAX_BATCH_SHARE:.0%} of the dataset's voxels: {by_share}"
+    batch_why = (
+        f"images a step, {NUM_SAMPLES} patches each: fits {memory_gb:g} GB: {by_memory}; "
+        f"{MAX_BATCH_SHARE:.0%} of the dataset's voxels: {by_share}"
+    )
     return [int(r) for r in roi], batch, roi_why, batch_why
 
 
@@ -150,7 +159,7 @@ def compute_fingerprint(
     Args:
         dataset_dir: folder with ``dataset.json`` (``training`` cases; ``modality`` and ``labels`` as the Decathlon
             writes them).
-        memory_gb: memory a training step may use (GPU memory on a GPU).
+        memory_gb: memory a training step, all its patches, may use (GPU memory on a GPU).
         size_multiple: every ROI axis is a multiple of this (the network's downsampling: 8 for HybridAxialUNet's
             four levels).
         max_roi: largest ROI per axis.
@@ -162,8 +171,9 @@ def compute_fingerprint(
     Returns:
         A JSON-ready dict: ``dataset`` (name, digest of dataset.json, case count), ``in_channels``,
         ``channel_names``, ``num_classes``, ``class_names``, ``spacing``, ``median_shape``, ``roi_size``,
-        ``batch_size``, ``cpu_iterations_per_epoch``, ``normalization`` (one entry per channel, with its ``why``),
-        ``memory_gb``, ``reasons`` (key -> why) and ``warnings``.
+        ``batch_size`` (images a step), ``num_samples`` (patches an image), ``cpu_iterations_per_epoch``,
+        ``normalization`` (one entry per channel, with its ``why``), ``memory_gb``, ``reasons`` (key -> why) and
+        ``warnings``.
 
     Raises:
         FileNotFoundError, ValueError: from reading dataset.json (naming the key that is wrong, or asking for a
@@ -217,7 +227,7 @@ def compute_fingerprint(
     median_shape = np.round(np.median(at_target, 0))  # voxel counts: 40.0000001 must not round up to the next 8
     total_voxels = float(np.prod(at_target, 1).sum())
     roi, batch, roi_why, batch_why = _roi_and_batch(median_shape, total_voxels, size_multiple, memory_gb, max_roi)
-    iterations, iterations_why = cpu_iterations(roi, batch)
+    iterations, iterations_why = cpu_iterations(roi, batch * NUM_SAMPLES)
 
     use_nonzero_mask, zscore_why = nonzero_mask_rule(profiles)
     other_profiles = [file_profile(case["image"], root) for case in other_cases or ()]
@@ -258,6 +268,7 @@ def compute_fingerprint(
         "median_shape": [int(round(s)) for s in median_shape],
         "roi_size": roi,
         "batch_size": batch,
+        "num_samples": NUM_SAMPLES,
         "cpu_iterations_per_epoch": iterations,
         "normalization": normalization,
         "memory_gb": memory_gb,
@@ -359,7 +370,7 @@ def format_fingerprint(result: dict[str, Any]) -> str:
         ("target spacing (mm)", shown(result["spacing"]), reasons["spacing"]),
         ("median shape at target", shown(result["median_shape"]), ""),
         ("ROI", shown(result["roi_size"]), reasons["roi_size"]),
-        ("batch size", str(result["batch_size"]), reasons["batch_size"]),
+        ("batch size", f"{result['batch_size']} images, {result['num_samples']} patches each", reasons["batch_size"]),
         ("iterations per epoch", f"{result['cpu_iterations_per_epoch']} on a CPU", reasons["cpu_iterations_per_epoch"]),
         ("normalisation", "; ".join(norms), reasons["normalization"]),
     ]

@@ -17,13 +17,13 @@ from typing import Any
 __all__ = ["CPU_EPOCH_VOXELS", "NNUNET_ITERATIONS", "cpu_iterations", "iterations_per_epoch"]
 
 NNUNET_ITERATIONS = 250
-CPU_EPOCH_VOXELS = 2**21
+CPU_EPOCH_VOXELS = 2**22
 MIN_ITERATIONS = 10
 
 
-def cpu_iterations(roi_size: Sequence[int], batch_size: int) -> tuple[int, str]:
-    """Iterations per epoch on a CPU for batches of ``batch_size`` patches of ``roi_size``, and why."""
-    per_iteration = batch_size * math.prod(roi_size)
+def cpu_iterations(roi_size: Sequence[int], patches_per_step: int) -> tuple[int, str]:
+    """Iterations per epoch on a CPU for steps of ``patches_per_step`` patches of ``roi_size``, and why."""
+    per_iteration = patches_per_step * math.prod(roi_size)
     count = min(NNUNET_ITERATIONS, max(MIN_ITERATIONS, round(CPU_EPOCH_VOXELS / per_iteration)))
     return count, (
         f"on a GPU nnU-Net's {NNUNET_ITERATIONS}; on a CPU about {CPU_EPOCH_VOXELS / 1e6:.1f} M voxels an epoch at "
