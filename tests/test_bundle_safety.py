@@ -147,12 +147,14 @@ def test_ctrl_c_prints_the_resume_command_and_another_dataset_is_never_offered_r
     training.send_signal(signal.SIGINT)
     stdout, stderr = training.communicate(timeout=120)
     resume = shlex.join([sys.executable, "-m", "monai.bundle", *args, "--resume", "True"])
-    assert stderr.strip().splitlines()[-1] == f"Interrupted; the last finished epoch is kept. Resume with: {resume}"
-    assert "Traceback" not in stdout + stderr and "terminating due to exception" not in stdout + stderr
+    output = f"training's stdout:\n{stdout[-3000:]}\nstderr:\n{stderr[-3000:]}"
+    interrupted = f"Interrupted; the last finished epoch is kept. Resume with: {resume}"
+    assert stderr.strip().splitlines()[-1] == interrupted, output
+    assert "Traceback" not in stdout + stderr and "terminating due to exception" not in stdout + stderr, output
     # the printed command, with 2 epochs in all instead of 500
     done = subprocess.run([*shlex.split(resume)[:-4], "--train#trainer#max_epochs", "2", "--resume", "True"],
                           cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
-    assert done.returncode == 0 and "resume: restored" in done.stdout + done.stderr
+    assert done.returncode == 0 and "resume: restored" in done.stdout + done.stderr, done.stderr[-3000:]
 
     # a new dataset: the refusal offers no resume, and --resume True says why instead of a state_dict traceback
     other = write_synthetic_msd(tmp_path / "other")
