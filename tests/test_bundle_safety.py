@@ -140,8 +140,10 @@ def test_ctrl_c_prints_the_resume_command_and_another_dataset_is_never_offered_r
     args = ["run", "--config_file", config_files(bundle, ["train.json"]), *TINY, "--num_samples", "1",
             "--iterations_per_epoch", "2", "--dataset_dir", str(data), "--train#trainer#max_epochs", "500"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
+    # Ctrl-C as from a terminal: a CI job may start the tests with SIGINT ignored, which children inherit
     training = subprocess.Popen([sys.executable, "-m", "monai.bundle", *args], cwd=tmp_path, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     while "checkpoint_epoch=1.pt" not in read_manifest(bundle / "models") and training.poll() is None:
         time.sleep(0.2)
     training.send_signal(signal.SIGINT)

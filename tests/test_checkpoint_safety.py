@@ -250,11 +250,16 @@ def test_a_ctrl_c_during_a_save_waits_until_the_checkpoint_is_recorded(tmp_path)
 
     saver = AtomicDiskSaver(tmp_path)
     interrupt_while_writing = {"model": _InterruptsWhenPickled(), "weights": torch.zeros(2)}
-    with pytest.raises(KeyboardInterrupt):
-        saver(interrupt_while_writing, "checkpoint_epoch=1.pt")
+    # Ctrl-C as in a Python started from a terminal: a CI job may start the tests with SIGINT ignored
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            saver(interrupt_while_writing, "checkpoint_epoch=1.pt")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "Ctrl-C acts at once again"
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     recorded = read_manifest(tmp_path)["checkpoint_epoch=1.pt"]["sha256"]
     assert recorded == hashlib.sha256((tmp_path / "checkpoint_epoch=1.pt").read_bytes()).hexdigest()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "Ctrl-C acts at once again"
 
 
 class _InterruptsWhenPickled:
