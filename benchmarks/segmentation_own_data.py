@@ -194,7 +194,7 @@ def main() -> None:
     print("| model | seed | train s | epochs | Dice GM | Dice WM | mean |\n|" + " --- |" * 7, flush=True)
     for name in args.models.split(","):
         for seed in range(args.seeds):
-            r = run_model(name, data, work, args.budget, args.epochs, ("--seed", str(seed)))
+            r = run_model(name, data, work / f"seed_{seed}", args.budget, args.epochs, ("--seed", str(seed)))
             print(f"| {r['model']} | {seed} | {r['train_s']} | {r['epochs']} | {r['dice_gm']} | {r['dice_wm']} | "
                   f"{r['mean_dice']} |", flush=True)  # fmt: skip
 
