@@ -140,14 +140,20 @@ def test_ctrl_c_prints_the_resume_command_and_another_dataset_is_never_offered_r
     args = ["run", "--config_file", config_files(bundle, ["train.json"]), *TINY, "--num_samples", "1",
             "--iterations_per_epoch", "2", "--dataset_dir", str(data), "--train#trainer#max_epochs", "500"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
-    # Ctrl-C as from a terminal: a CI job may start the tests with SIGINT ignored, which children inherit
-    training = subprocess.Popen([sys.executable, "-m", "monai.bundle", *args], cwd=tmp_path, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
-    while "checkpoint_epoch=1.pt" not in read_manifest(bundle / "models") and training.poll() is None:
-        time.sleep(0.2)
-    training.send_signal(signal.SIGINT)
-    stdout, stderr = training.communicate(timeout=120)
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        # Ctrl-C as from a terminal: a CI job may start the tests with SIGINT ignored, which children inherit
+        training = subprocess.Popen([sys.executable, "-m", "monai.bundle", *args], cwd=tmp_path, env=env,
+                                    stdout=stdout, stderr=stderr,
+                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+        try:
+            while "checkpoint_epoch=1.pt" not in read_manifest(bundle / "models") and training.poll() is None:
+                time.sleep(0.2)
+            training.send_signal(signal.SIGINT)
+            training.wait(timeout=120)
+        finally:
+            training.kill()  # a failed wait must not leave it training for 500 epochs
+    stdout, stderr = out.read_text(), err.read_text()
     resume = shlex.join([sys.executable, "-m", "monai.bundle", *args, "--resume", "True"])
     output = f"training's stdout:\n{stdout[-3000:]}\nstderr:\n{stderr[-3000:]}"
     interrupted = f"Interrupted; the last finished epoch is kept. Resume with: {resume}"
