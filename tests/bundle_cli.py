@@ -89,14 +89,19 @@ def tiny_msd(root, with_validation):
     return root
 
 
-def trained_network(bundle: Path, overrides: dict | None = None) -> torch.nn.Module:
-    """The bundle's ``network_def`` (train.json plus ``overrides``) holding models/model.pt."""
+def train_config(bundle: Path, overrides: dict | None = None):
+    """The bundle's train.json, parsed by MONAI's ``ConfigParser``, with ``bundle_root`` and ``overrides`` set."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(bundle / "configs" / "train.json")
     parser.update({"bundle_root": str(bundle), **(overrides or {})})
-    network = parser.get_parsed_content("network_def")
+    return parser
+
+
+def trained_network(bundle: Path, overrides: dict | None = None) -> torch.nn.Module:
+    """The bundle's ``network_def`` (train.json plus ``overrides``) holding models/model.pt."""
+    network = train_config(bundle, overrides).get_parsed_content("network_def")
     network.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
     return network.eval()
 

@@ -5,12 +5,13 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from bundle_cli import REPO_ROOT, run_cli
+from bundle_cli import REPO_ROOT, run_cli, train_config
 
 from monai_ext.bundle import standins, synthetic
 from monai_ext.bundle.planning import fingerprint
 
-SHIPPED = REPO_ROOT / "bundles" / "medt_segmentation_3d" / "configs" / "fingerprint.json"
+BUNDLE = REPO_ROOT / "bundles" / "medt_segmentation_3d"
+SHIPPED = BUNDLE / "configs" / "fingerprint.json"
 
 
 @pytest.fixture(scope="module")
@@ -122,13 +123,8 @@ def test_a_small_memory_budget_shrinks_the_roi_and_says_so(datasets):
 
 
 def test_the_fingerprint_counts_the_patches_the_bundles_training_step_holds(tmp_path):
-    from monai.bundle import ConfigParser
-
-    bundle = REPO_ROOT / "bundles" / "medt_segmentation_3d"
-    parser = ConfigParser()
-    parser.read_config(bundle / "configs" / "train.json")
     data = synthetic.write_synthetic_msd(tmp_path / "data", num_training=4, num_test=0)
-    parser.update({"bundle_root": str(bundle), "dataset_dir": data, "fingerprint_file": str(tmp_path / "none.json")})
+    parser = train_config(BUNDLE, {"dataset_dir": data, "fingerprint_file": str(tmp_path / "none.json")})
     step = next(iter(parser.get_parsed_content("train#dataloader")))["image"]
     result = fingerprint.compute_fingerprint(data)
     assert step.shape[0] == result["batch_size"] * result["num_samples"] == 4

@@ -5,18 +5,16 @@ own arithmetic, the gated axial layer with its hand-written backward passes, mus
 norm. MONAI's UNet takes the same step beside them.
 """
 
-from pathlib import Path
-
 import pytest
 import torch
-from monai.bundle import ConfigParser
+from bundle_cli import REPO_ROOT, train_config
 from monai.networks.nets import UNet
 
 from monai_ext.bundle.synthetic import write_synthetic_msd
 from monai_ext.networks.blocks import AxialBottleneck, GatedAxialAttention, SABlock
 from monai_ext.networks.nets import AutoencoderKL, GatedAxialUNet, HybridAxialUNet, MedT
 
-BUNDLE = Path(__file__).parents[1] / "bundles" / "medt_segmentation_3d"
+BUNDLE = REPO_ROOT / "bundles" / "medt_segmentation_3d"
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 NETWORKS = {
@@ -152,15 +150,13 @@ def test_the_segmentation_bundles_network_keeps_the_float32_gradient_at_its_roi(
     about 0.95 in bfloat16: the encoder's gradients there are near-cancelling sums, whose float32 value 16-bit
     operands cannot reproduce (computing the attention block in float32 does not change it).
     """
-    parser = ConfigParser()
-    parser.read_config(BUNDLE / "configs" / "train.json")
-    parser.update(
+    parser = train_config(
+        BUNDLE,
         {
-            "bundle_root": str(BUNDLE),
             "dataset_dir": write_synthetic_msd(tmp_path / "data", num_training=4, num_test=0),
             "fingerprint_file": str(tmp_path / "fingerprint.json"),
             "device": "$torch.device('cpu')",
-        }
+        },
     )
     torch.manual_seed(0)
     network = parser.get_parsed_content("network_def").train()

@@ -100,10 +100,14 @@ def test_argument_validation():
     assert (restored.state.best_metric, restored.state.best_metric_epoch) == (0.5, 3)
 
 
+def _epoch_of(checkpoint):
+    trainer = load_checkpoint(checkpoint)["trainer"]
+    return trainer["iteration"] // trainer["epoch_length"]
+
+
 def _saved_epoch(out_dir):
     """The epoch of the newest complete training checkpoint."""
-    trainer = load_checkpoint(find_latest_checkpoint(out_dir, ["trainer"]))["trainer"]
-    return trainer["iteration"] // trainer["epoch_length"]
+    return _epoch_of(find_latest_checkpoint(out_dir, ["trainer"]))
 
 
 def _saved_epoch_while_training(out_dir):
@@ -112,10 +116,11 @@ def _saved_epoch_while_training(out_dir):
     A superseded checkpoint loses its manifest record just before its file is deleted, so a reader between the two
     finds a file with no record (``CheckpointIntegrityError``) or, a moment later, no file.
     """
-    if find_latest_checkpoint(out_dir, ["trainer"]) is None:
+    latest = find_latest_checkpoint(out_dir, ["trainer"])
+    if latest is None:
         return 0
     try:
-        return _saved_epoch(out_dir)
+        return _epoch_of(latest)
     except (CheckpointIntegrityError, FileNotFoundError):
         return 0
 
